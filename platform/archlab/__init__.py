@@ -1,0 +1,3 @@
+"""archlab: train, tune, track and compare the classic deep-learning architectures."""
+
+__version__ = "0.1.0"
