@@ -1,0 +1,559 @@
+"""Image-classification DataModules: scikit-learn digits, MNIST, Fashion-MNIST, CIFAR-10/100 and a user's image folder.
+
+One base, `VisionDataModule`, owns validation, the seeded split, loaders and the transforms; each source adds only
+where its files are and how to read them. Datasets that fit in memory are held as uint8 tensors and served a whole
+batch per slice; conversion to float, augmentation and normalisation run batched on the device in
+`on_after_batch_transfer`.
+
+References: LeCun et al. 1998, "Gradient-based learning applied to document recognition" (MNIST); Xiao et al. 2017,
+"Fashion-MNIST" (arXiv:1708.07747); Krizhevsky 2009, "Learning Multiple Layers of Features from Tiny Images"
+(CIFAR, https://www.cs.toronto.edu/~kriz/cifar.html).
+"""
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.transforms.v2 import functional as TF
+
+from archlab.errors import ConfigError, DatasetNotFoundError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR100_CLASSES = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish",
+    "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
+    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine",
+    "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk",
+    "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
+    "willow_tree", "wolf", "woman", "worm",
+]  # fmt: skip
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+# The share of the data held out for testing when a source has no test split of its own.
+DEFAULT_TEST_FRACTION = 0.2
+# Images sampled from the training split to estimate an image folder's channel mean/std.
+IMAGE_FOLDER_STATS_SAMPLES = 1000
+
+
+class TensorBatchDataset(Dataset):
+    """Images and labels held in memory, served a whole batch per `__getitems__` slice."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"TensorBatchDataset: {len(x)} images but {len(y)} labels")
+        self.x = x  # (N, C, H, W), uint8 where the source is uint8
+        self.y = y  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.x[index], self.y[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        # The DataLoader's fetcher passes the whole batch of indices here when this method exists: one slice per
+        # batch instead of B calls to __getitem__ and a stack in collate.
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.x[index], self.y[index]
+
+
+def whole_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Collate for `TensorBatchDataset`: `__getitems__` already returns the batch."""
+    return batch
+
+
+class ImageFiles(Dataset):
+    """Image files read per sample, resized (shorter side) and centre-cropped to a square uint8 tensor."""
+
+    def __init__(self, samples: list[tuple[str, int]], *, image_size: int, in_channels: int) -> None:
+        self.samples = samples
+        self.image_size = image_size
+        self.mode = "L" if in_channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            image = image.convert(self.mode)
+        image = TF.center_crop(TF.resize(image, [self.image_size]), [self.image_size, self.image_size])
+        return TF.pil_to_tensor(image), label  # (C, S, S) uint8
+
+
+def stratified_split(
+    labels: Tensor, *, val_fraction: float, test_fraction: float, seed: int, name: str = "dataset"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Split indices 0..N-1 into sorted (train, val, test) index sets, stratified by label and seeded by `seed` alone.
+
+    Val and test get round(N * fraction) samples each (at least one when the fraction is positive).
+    """
+    n = len(labels)
+    sizes = [max(round(n * f), 1) if f > 0 else 0 for f in (val_fraction, test_fraction)]
+    if sum(sizes) >= n:
+        raise ConfigError(
+            f"{name}: data.val_fraction={val_fraction} and data.test_fraction={test_fraction} of {n} samples leave no "
+            "training samples; lower the fractions"
+        )
+    # Own generator: the split depends on `seed` only, never on the global (training) seed.
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(n, generator=generator)
+    by_class = shuffled[torch.argsort(labels[shuffled], stable=True)]  # grouped by class, random within a class
+    sorted_labels = labels[by_class]
+    counts = torch.bincount(sorted_labels)
+    rank = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[sorted_labels]
+    # Ordering by position within the class interleaves the classes, so every prefix is (nearly) stratified;
+    # a second shuffle breaks ties between classes of equal size at random rather than by label.
+    quantile = (rank + 0.5) / counts[sorted_labels]
+    tiebreak = torch.randperm(n, generator=generator)
+    order = by_class[tiebreak[torch.argsort(quantile[tiebreak], stable=True)]]
+    val, test, train = torch.split(order, [sizes[0], sizes[1], n - sum(sizes)])
+    return train.sort().values, val.sort().values, test.sort().values
+
+
+def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std of images (N, C, H, W) scaled to [0, 1] (uint8 is divided by 255)."""
+    scale = 255.0 if x.dtype == torch.uint8 else 1.0
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros(x.shape[1], dtype=torch.float64)
+    # Chunks: CIFAR's training split as float64 at once would take over 1 GB.
+    for chunk in x.split(1024):
+        chunk = chunk.double() / scale
+        total += chunk.sum((0, 2, 3))
+        total_sq += chunk.square().sum((0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    # A constant channel has std 0; the floor keeps normalisation finite (it maps the channel to 0).
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    return mean.float(), std.float()
+
+
+class VisionDataModule(L.LightningDataModule):
+    """Seeded splits, batch-sliced loaders and on-device float/augment/normalise for image classification."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int
+    class_names: list[str]
+    # Whether the source ships an official test split; without one, test is carved from the pool with test_fraction.
+    has_test_split: bool = True
+
+    def __init__(
+        self,
+        *,
+        root: str = "data",
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        test_fraction: float | None = None,
+        seed: int = 0,
+        augment: bool = False,
+        crop_padding: int | None = None,
+        hflip: bool = True,
+        normalize: bool = True,
+        num_workers: int = 0,
+        download: bool = False,
+    ) -> None:
+        """Data in `root`; `seed` fixes the split only; `test_fraction` (default 0.2) applies only to sources without
+        an official test split, and setting it for one that has one is an error.
+
+        `augment`: random crop after zero padding by `crop_padding` (default image_size // 8, at least 1) and, if
+        `hflip`, a random horizontal flip, per sample, on training batches only. `normalize`: standardise each channel
+        with the training split's mean and std; False leaves pixels in [0, 1].
+        """
+        super().__init__()
+        # logger=False: the CLI logs the whole config once; this copy travels in checkpoints only.
+        self.save_hyperparameters(logger=False)
+        if batch_size < 1:
+            raise ConfigError(f"{self.name}: data.batch_size must be a positive integer, got {batch_size}")
+        self.test_fraction_given = test_fraction is not None
+        test_fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"{self.name}: data.{key} must be a fraction in [0, 1), got {value}")
+        if crop_padding is not None and crop_padding < 0:
+            raise ConfigError(
+                f"{self.name}: data.crop_padding must be a non-negative integer or null (image_size // 8), "
+                f"got {crop_padding}"
+            )
+        if num_workers < 0:
+            raise ConfigError(f"{self.name}: data.num_workers must be 0 (main process) or more, got {num_workers}")
+        self.root = root
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.augment = augment
+        self.crop_padding = crop_padding
+        self.hflip = hflip
+        self.normalize = normalize
+        self.num_workers = num_workers
+        self.download = download
+        self.mean: Tensor | None = None  # (C,), set in setup when normalize
+        self.std: Tensor | None = None  # (C,)
+        self._datasets: dict[str, Dataset] | None = None
+        self._check_source()
+
+    @property
+    def shapes(self) -> dict[str, int]:
+        """What the model's constructor needs: `in_channels`, `num_classes`, `image_size`."""
+        return {"in_channels": self.in_channels, "num_classes": self.num_classes, "image_size": self.image_size}
+
+    @property
+    def padding(self) -> int:
+        """The crop padding in use: `crop_padding`, or image_size // 8 (at least 1) when that is None."""
+        return self.crop_padding if self.crop_padding is not None else max(self.image_size // 8, 1)
+
+    def _check_fractions(self, *, carve_val: bool, carve_test: bool) -> None:
+        if self.test_fraction_given and not carve_test:
+            raise ConfigError(
+                f"{self.name}: data.test_fraction={self.test_fraction} has no effect because the test split is "
+                "given (the official test set, or a test/ folder); remove data.test_fraction"
+            )
+        if carve_val and carve_test and self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                f"{self.name}: data.val_fraction ({self.val_fraction}) + data.test_fraction ({self.test_fraction}) "
+                "must sum to less than 1 so that training samples remain"
+            )
+
+    def _check_source(self) -> None:
+        """Stop before any data loads when the files are absent and may not be downloaded."""
+        self._check_fractions(carve_val=True, carve_test=not self.has_test_split)
+        if not self.download:
+            self._check_files()
+
+    def _required_files(self) -> list[Path]:
+        return []
+
+    def _check_files(self) -> None:
+        missing = [path for path in self._required_files() if not path.is_file()]
+        if missing:
+            directory = missing[0].parent.resolve()
+            folder = missing[0].parent.relative_to(self.root)
+            raise DatasetNotFoundError(
+                f"{self.name} was not found: {directory} lacks {', '.join(path.name for path in missing)}. "
+                f"Pass --data.download true on a machine with internet to download it there, or --data.root DIR "
+                f"where DIR/{folder} holds the files from an earlier download"
+            )
+
+    def prepare_data(self) -> None:
+        if self.download and not all(path.is_file() for path in self._required_files()):
+            self._download()
+
+    def _download(self) -> None:
+        pass
+
+    def _load(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+        """Read ((x, y) of the pool, (x, y) of the official test split or None); x is (N, C, H, W)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets is not None:
+            return
+        self._datasets = self._make_datasets()
+        if self.normalize:
+            self.mean, self.std = self._fit_stats()
+
+    def _make_datasets(self) -> dict[str, Dataset]:
+        self._check_files()
+        (x, y), test = self._load()
+        train, val, carved_test = stratified_split(
+            y,
+            val_fraction=self.val_fraction,
+            test_fraction=0.0 if test else self.test_fraction,
+            seed=self.seed,
+            name=self.name,
+        )
+        if test is None:
+            test = x[carved_test], y[carved_test]
+        return {
+            "train": TensorBatchDataset(x[train], y[train]),
+            "val": TensorBatchDataset(x[val], y[val]),
+            "test": TensorBatchDataset(*test),
+        }
+
+    def _fit_stats(self) -> tuple[Tensor, Tensor]:
+        return channel_stats(self._dataset("train").x)
+
+    def _dataset(self, split: str) -> Any:
+        if self._datasets is None:
+            raise RuntimeError(f"{self.name}: call setup() before asking for the {split} data")
+        return self._datasets[split]
+
+    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
+        dataset = self._dataset(split)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=whole_batch if isinstance(dataset, TensorBatchDataset) else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split as (x, y) batches, like every other loader, so predictions can be scored."""
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        return self.transform(x, train=self.trainer is not None and self.trainer.training), y
+
+    def transform(self, x: Tensor, *, train: bool) -> Tensor:
+        """Images (B, C, H, W), uint8 or float in [0, 1], to float: augmented if `train` and `augment`, normalised."""
+        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+        if train and self.augment:
+            x = self._augment(x)
+        if self.normalize:
+            if self.mean is None or self.std is None:
+                raise RuntimeError(f"{self.name}: call setup() first; normalisation uses the training split's stats")
+            mean = self.mean.to(x.device).view(1, -1, 1, 1)
+            std = self.std.to(x.device).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x
+
+    def _augment(self, x: Tensor) -> Tensor:
+        # Hand-written because torchvision.transforms.v2 draws one crop offset and one flip for a whole batch tensor;
+        # here each sample gets its own, in a single gather over the batch.
+        b, c, h, w = x.shape
+        p = self.padding
+        device = x.device
+        padded = F.pad(x, (p, p, p, p))  # (B, C, H + 2p, W + 2p), zeros
+        rows = torch.randint(0, 2 * p + 1, (b, 1), device=device) + torch.arange(h, device=device)  # (B, H)
+        cols = torch.randint(0, 2 * p + 1, (b, 1), device=device) + torch.arange(w, device=device)  # (B, W)
+        if self.hflip:
+            flip = torch.rand(b, 1, device=device) < 0.5  # (B, 1)
+            cols = torch.where(flip, cols.flip(1), cols)
+        batch = torch.arange(b, device=device).view(b, 1, 1, 1)
+        channel = torch.arange(c, device=device).view(1, c, 1, 1)
+        return padded[batch, channel, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]  # (B, C, H, W)
+
+
+class Digits(VisionDataModule):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images); needs no download, `root` and `download` unused."""
+
+    name = "Digits"
+    in_channels = 1
+    num_classes = 10
+    image_size = 8
+    class_names = DIGIT_CLASSES
+    has_test_split = False
+
+    def _load(self) -> tuple[tuple[Tensor, Tensor], None]:
+        from sklearn.datasets import load_digits  # here: importing scikit-learn costs every other source a second
+
+        digits = load_digits()
+        x = torch.from_numpy(digits.images).float().div(16).unsqueeze(1)  # (1797, 1, 8, 8), pixels 0..16 -> [0, 1]
+        return (x, torch.from_numpy(digits.target).long()), None
+
+
+class MNIST(VisionDataModule):
+    """MNIST handwritten digits, 28x28 grey, read by torchvision from its IDX files in `root`/MNIST/raw."""
+
+    name = "MNIST"
+    in_channels = 1
+    num_classes = 10
+    image_size = 28
+    class_names = DIGIT_CLASSES
+    source = torchvision.datasets.MNIST
+
+    def _required_files(self) -> list[Path]:
+        raw = Path(self.root) / self.source.__name__ / "raw"
+        return [raw / f"{split}-{kind}-ubyte" for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
+
+    def _download(self) -> None:
+        self.source(self.root, train=False, download=True)
+
+    def _load(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        train = self.source(self.root, train=True)
+        test = self.source(self.root, train=False)
+        # .data is uint8 (N, 28, 28); the per-sample __getitem__ would build a PIL image per digit.
+        return (train.data.unsqueeze(1), train.targets.long()), (test.data.unsqueeze(1), test.targets.long())
+
+
+class FashionMNIST(MNIST):
+    """Fashion-MNIST clothing images, 28x28 grey, read by torchvision from its IDX files in `root`/FashionMNIST/raw."""
+
+    name = "FashionMNIST"
+    class_names = FASHION_MNIST_CLASSES
+    source = torchvision.datasets.FashionMNIST
+
+
+def read_cifar_batches(paths: list[Path], label_key: bytes) -> tuple[Tensor, Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 from CIFAR python pickle batches."""
+    images, labels = [], []
+    for path in paths:
+        with path.open("rb") as file:
+            # encoding="bytes" as on the CIFAR page: the batches are Python 2 pickles, so the keys come back as bytes.
+            batch = pickle.load(file, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8))  # (n, 3072), channel-major rows
+        labels.extend(batch[label_key])
+    x = torch.from_numpy(np.concatenate(images)).view(-1, 3, 32, 32)
+    return x, torch.tensor(labels, dtype=torch.long)
+
+
+class CIFAR10(VisionDataModule):
+    """CIFAR-10, 32x32 colour, 10 classes, from torchvision's python pickle batches in `root`/cifar-10-batches-py."""
+
+    name = "CIFAR10"
+    in_channels = 3
+    num_classes = 10
+    image_size = 32
+    class_names = CIFAR10_CLASSES
+    # Download through torchvision, but read the batches ourselves: torchvision's CIFAR class checks the md5 of every
+    # batch each time it is constructed and serves per-sample PIL images.
+    source = torchvision.datasets.CIFAR10
+    label_key = b"labels"
+
+    def _files(self, entries: list[list[str]]) -> list[Path]:
+        return [Path(self.root) / self.source.base_folder / filename for filename, _md5 in entries]
+
+    def _required_files(self) -> list[Path]:
+        return self._files(self.source.train_list + self.source.test_list)
+
+    def _download(self) -> None:
+        self.source(self.root, train=False, download=True)
+
+    def _load(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        train = read_cifar_batches(self._files(self.source.train_list), self.label_key)
+        test = read_cifar_batches(self._files(self.source.test_list), self.label_key)
+        return train, test
+
+
+class CIFAR100(CIFAR10):
+    """CIFAR-100, 32x32 colour, 100 fine classes, from torchvision's python pickle files in `root`/cifar-100-python."""
+
+    name = "CIFAR100"
+    num_classes = 100
+    class_names = CIFAR100_CLASSES
+    source = torchvision.datasets.CIFAR100
+    label_key = b"fine_labels"
+
+
+def _has_image(directory: Path) -> bool:
+    for _dirpath, _dirnames, filenames in os.walk(directory, followlinks=True):
+        if any(filename.lower().endswith(IMG_EXTENSIONS) for filename in filenames):
+            return True
+    return False
+
+
+class ImageFolder(VisionDataModule):
+    """A user's images in `path`/<class_name>/*, or in `path`/train|val|test/<class_name>/*; `root` is unused."""
+
+    name = "ImageFolder"
+    has_test_split = False
+
+    def __init__(self, path: str, *, image_size: int = 64, in_channels: int = 3, **kwargs: Any) -> None:
+        """Images are resized (shorter side) and centre-cropped to `image_size`; `in_channels` 1 reads them as grey.
+
+        With `path`/train present, `path`/val and `path`/test are the other splits, and a missing one is carved from
+        train with `val_fraction` / `test_fraction`; without it, all three are carved from `path`.
+        """
+        # Set before the base __init__, whose _check_source scans the folder.
+        self.path = path
+        self.image_size = image_size
+        self.in_channels = in_channels
+        super().__init__(**kwargs)
+
+    def _check_source(self) -> None:
+        if self.image_size < 1:
+            raise ConfigError(f"ImageFolder: data.image_size must be a positive integer, got {self.image_size}")
+        if self.in_channels not in (1, 3):
+            raise ConfigError(f"ImageFolder: data.in_channels must be 1 (greyscale) or 3 (RGB), got {self.in_channels}")
+        folder = Path(self.path)
+        if not folder.is_dir():
+            raise DatasetNotFoundError(
+                f"ImageFolder: data.path {folder.resolve()} is not a directory; point --data.path to a folder laid out "
+                "as <path>/<class_name>/<images> or <path>/train/<class_name>/<images> (also val/, test/)"
+            )
+        self._split_dirs = {split: folder / split for split in ("train", "val", "test") if (folder / split).is_dir()}
+        if self._split_dirs and "train" not in self._split_dirs:
+            raise ConfigError(
+                f"ImageFolder: {folder.resolve()} has {', '.join(self._split_dirs)}/ but no train/; add train/ or lay "
+                "the images out as <path>/<class_name>/<images>"
+            )
+        train_dir = self._split_dirs.get("train", folder)
+        self.class_names = self._class_dirs(train_dir)
+        if not self.class_names:
+            raise ConfigError(
+                f"ImageFolder: {train_dir.resolve()} holds no class folders; expected <class_name>/ subfolders of "
+                f"images ({', '.join(IMG_EXTENSIONS)})"
+            )
+        for class_name in self.class_names:
+            if not _has_image(train_dir / class_name):
+                raise ConfigError(
+                    f"ImageFolder: class folder {(train_dir / class_name).resolve()} holds no images; accepted "
+                    f"extensions: {', '.join(IMG_EXTENSIONS)}"
+                )
+        for split in ("val", "test"):
+            if split in self._split_dirs:
+                unknown = sorted(set(self._class_dirs(self._split_dirs[split])) - set(self.class_names))
+                if unknown:
+                    raise ConfigError(
+                        f"ImageFolder: {self._split_dirs[split].resolve()} has class folders {unknown} that "
+                        f"{train_dir.resolve()} lacks; the classes are train's: {self.class_names}"
+                    )
+        self.num_classes = len(self.class_names)
+        self._check_fractions(carve_val="val" not in self._split_dirs, carve_test="test" not in self._split_dirs)
+
+    @staticmethod
+    def _class_dirs(directory: Path) -> list[str]:
+        # Hidden folders (.ipynb_checkpoints, .git) are not classes.
+        return sorted(
+            entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith(".")
+        )
+
+    def _make_datasets(self) -> dict[str, Dataset]:
+        class_to_idx = {name: index for index, name in enumerate(self.class_names)}
+        train_dir = self._split_dirs.get("train", Path(self.path))
+        pool = make_dataset(train_dir, class_to_idx, extensions=IMG_EXTENSIONS)
+        labels = torch.tensor([label for _path, label in pool])
+        train, val, test = stratified_split(
+            labels,
+            val_fraction=0.0 if "val" in self._split_dirs else self.val_fraction,
+            test_fraction=0.0 if "test" in self._split_dirs else self.test_fraction,
+            seed=self.seed,
+            name=self.name,
+        )
+        samples = {"train": [pool[i] for i in train], "val": [pool[i] for i in val], "test": [pool[i] for i in test]}
+        for split in ("val", "test"):
+            if split in self._split_dirs:
+                samples[split] = make_dataset(self._split_dirs[split], class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+        return {
+            split: ImageFiles(split_samples, image_size=self.image_size, in_channels=self.in_channels)
+            for split, split_samples in samples.items()
+        }
+
+    def _fit_stats(self) -> tuple[Tensor, Tensor]:
+        # These images may not fit in memory: estimate from a seeded sample of the training split.
+        train = self._dataset("train")
+        generator = torch.Generator().manual_seed(self.seed)
+        sample = torch.randperm(len(train), generator=generator)[:IMAGE_FOLDER_STATS_SAMPLES].tolist()
+        loader = DataLoader(Subset(train, sample), batch_size=self.batch_size, num_workers=self.num_workers)
+        return channel_stats(torch.cat([x for x, _y in loader]))

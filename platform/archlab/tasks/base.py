@@ -1,0 +1,98 @@
+"""The shared base of every archlab task: stage-keyed steps, the default optimizer, the monitored metric.
+
+A task is the LightningModule for one training objective; the architecture arrives as `net`, a plain nn.Module.
+"""
+
+import csv
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor, nn
+
+from archlab.errors import ConfigError
+
+Stage = Literal["train", "val", "test"]
+
+
+class Task(L.LightningModule):
+    """net -> loss and metrics per stage; AdamW with a one-cycle cosine schedule unless the CLI overrides it."""
+
+    # The metric that checkpointing, early stopping and sweeps optimise, declared once per task.
+    monitor: ClassVar[str] = "val/loss"
+    mode: ClassVar[Literal["min", "max"]] = "min"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        lr: float = 1.0e-3,
+        weight_decay: float = 1.0e-2,
+        warmup: float = 0.1,
+        schedule: Literal["cosine", "constant"] = "cosine",
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ConfigError(f"model.lr must be > 0, got {lr}.")
+        if not 0 <= warmup < 1:
+            raise ConfigError(f"model.warmup is the fraction of steps spent warming up, in [0, 1); got {warmup}.")
+        if schedule not in ("cosine", "constant"):
+            raise ConfigError(f"model.schedule must be 'cosine' or 'constant', got {schedule!r}.")
+        self.net = net
+        # The CLI records the full config (net included) itself; `logger=False` keeps the tracker's config to one copy.
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.num_params = sum(p.numel() for p in net.parameters())
+
+    def step(self, batch: tuple[Tensor, ...], stage: Stage) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        return self.step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        return self.step(batch, "test")
+
+    def on_fit_start(self) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams({"model/params": self.num_params})
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                # Norm scales and biases are 1-d; decaying them hurts (https://arxiv.org/abs/1706.02677, sec. 2.2).
+                (decay if p.ndim > 1 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        if hp.schedule == "constant":
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ConfigError(
+                "model.schedule 'cosine' needs a finite run: set trainer.max_epochs or trainer.max_steps, "
+                "or use model.schedule constant."
+            )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=hp.lr, total_steps=max(int(total), 1), pct_start=hp.warmup, anneal_strategy="cos"
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
+        return [ModelCheckpoint(dirpath=dirpath, monitor=self.monitor, mode=self.mode, filename="best", save_last=True)]
+
+    def write_predictions(self, outputs: list[dict[str, Tensor]], run_dir: Path) -> Path:
+        """Write what `predict_step` returned (1-d tensors per key) to run_dir/predictions.csv, a row per sample."""
+        columns = {key: torch.cat([batch[key] for batch in outputs]).tolist() for key in outputs[0]}
+        path = Path(run_dir) / "predictions.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", *columns])
+            writer.writerows([i, *row] for i, row in enumerate(zip(*columns.values(), strict=True)))
+        return path

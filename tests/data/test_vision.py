@@ -1,0 +1,420 @@
+"""Tests of the vision DataModules on small files written in the real on-disk formats (IDX, CIFAR pickles, PNG)."""
+
+import math
+import pickle
+import struct
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from jsonargparse import ArgumentError, ArgumentParser
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from archlab.data import CIFAR10, CIFAR100, MNIST, Digits, FashionMNIST, ImageFolder, VisionDataModule
+from archlab.data.vision import TensorBatchDataset, stratified_split
+from archlab.errors import ConfigError, DatasetNotFoundError
+
+SMALL = {"batch_size": 16}
+
+
+def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    n, h, w = images.shape
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+
+
+def make_mnist(root: Path, folder: str, n_train: int = 60, n_test: int = 20) -> dict[str, np.ndarray]:
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(raw, prefix, images, labels)
+        arrays[prefix] = images
+    return arrays
+
+
+def dump(path: Path, obj: dict) -> None:
+    with path.open("wb") as file:
+        pickle.dump(obj, file, protocol=2)
+
+
+def cifar_batch(n: int, label_key: bytes, num_classes: int, rng: np.random.Generator) -> dict:
+    return {
+        b"batch_label": b"generated",
+        label_key: [i % num_classes for i in range(n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [f"{i}.png".encode() for i in range(n)],
+    }
+
+
+def make_cifar10(root: Path) -> dict:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        dump(folder / f"data_batch_{i}", cifar_batch(8, b"labels", 10, rng))
+    test = cifar_batch(10, b"labels", 10, rng)
+    dump(folder / "test_batch", test)
+    dump(folder / "batches.meta", {b"label_names": [name.encode() for name in CIFAR10.class_names]})
+    return test
+
+
+def make_cifar100(root: Path) -> dict:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train = cifar_batch(200, b"fine_labels", 100, rng)
+    train[b"coarse_labels"] = [label // 5 for label in train[b"fine_labels"]]
+    dump(folder / "train", train)
+    test = cifar_batch(30, b"fine_labels", 100, rng)
+    dump(folder / "test", test)
+    dump(folder / "meta", {b"fine_label_names": [name.encode() for name in CIFAR100.class_names]})
+    return test
+
+
+def write_images(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(len(str(folder)))
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")  # 12 wide
+
+
+def make_folder(root: Path, *, splits: tuple[str, ...] = ()) -> Path:
+    if splits:
+        for split in splits:
+            for name in ("cat", "dog"):
+                write_images(root / split / name, {"train": 6, "val": 2, "test": 3}[split])
+    else:
+        for name in ("ant", "bee", "cow"):
+            write_images(root / name, 10)
+    return root
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> dict[str, VisionDataModule]:
+    make_mnist(tmp_path, "MNIST")
+    make_mnist(tmp_path, "FashionMNIST")
+    make_cifar10(tmp_path)
+    make_cifar100(tmp_path)
+    root = str(tmp_path)
+    return {
+        "digits": Digits(**SMALL),
+        "mnist": MNIST(root=root, **SMALL),
+        "fashion": FashionMNIST(root=root, **SMALL),
+        "cifar10": CIFAR10(root=root, **SMALL),
+        "cifar100": CIFAR100(root=root, **SMALL),
+        "folder": ImageFolder(str(make_folder(tmp_path / "folder")), image_size=8, **SMALL),
+        "folder_splits": ImageFolder(
+            str(make_folder(tmp_path / "split", splits=("train", "val", "test"))), image_size=8, **SMALL
+        ),
+        "folder_grey": ImageFolder(str(tmp_path / "folder"), image_size=6, in_channels=1, **SMALL),
+    }
+
+
+EXPECTED = {
+    # name: (in_channels, num_classes, image_size, pixel dtype in memory, (train, val, test) sizes)
+    "digits": (1, 10, 8, torch.float32, (1258, 180, 359)),
+    "mnist": (1, 10, 28, torch.uint8, (54, 6, 20)),
+    "fashion": (1, 10, 28, torch.uint8, (54, 6, 20)),
+    "cifar10": (3, 10, 32, torch.uint8, (36, 4, 10)),
+    "cifar100": (3, 100, 32, torch.uint8, (180, 20, 30)),
+    "folder": (3, 3, 8, torch.uint8, (21, 3, 6)),
+    "folder_splits": (3, 2, 8, torch.uint8, (12, 4, 6)),
+    "folder_grey": (1, 3, 6, torch.uint8, (21, 3, 6)),
+}
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_shapes_and_batches(sources: dict[str, VisionDataModule], name: str) -> None:
+    dm = sources[name]
+    channels, classes, size, dtype, sizes = EXPECTED[name]
+    assert dm.shapes == {"in_channels": channels, "num_classes": classes, "image_size": size}
+    assert len(dm.class_names) == classes
+    dm.setup("fit")
+    loaders = [dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()]
+    assert tuple(len(loader.dataset) for loader in loaders) == sizes
+    for loader in loaders:
+        x, y = next(iter(loader))
+        batch = min(16, len(loader.dataset))
+        assert x.shape == (batch, channels, size, size) and x.dtype == dtype
+        assert y.shape == (batch,) and y.dtype == torch.int64
+        assert y.min() >= 0 and y.max() < classes
+        out = dm.transform(x, train=True)
+        assert out.shape == x.shape and out.dtype == torch.float32 and out.isfinite().all()
+
+
+def test_shapes_known_before_any_file_exists(tmp_path: Path) -> None:
+    for cls in (MNIST, FashionMNIST, CIFAR10, CIFAR100):
+        dm = cls(root=str(tmp_path / "nothing"), download=True)
+        assert dm.shapes["num_classes"] == len(dm.class_names)
+        assert not (tmp_path / "nothing").exists()
+
+
+def test_cifar100_class_names_are_the_meta_order() -> None:
+    assert len(CIFAR100.class_names) == 100 and CIFAR100.class_names == sorted(CIFAR100.class_names)
+
+
+def test_mnist_test_split_is_the_idx_file(tmp_path: Path) -> None:
+    arrays = make_mnist(tmp_path, "MNIST")
+    dm = MNIST(root=str(tmp_path), **SMALL)
+    dm.setup("test")
+    x = torch.cat([x for x, _y in dm.test_dataloader()])
+    assert torch.equal(x, torch.from_numpy(arrays["t10k"]).unsqueeze(1))
+
+
+@pytest.mark.parametrize(
+    ("cls", "make", "key"), [(CIFAR10, make_cifar10, b"labels"), (CIFAR100, make_cifar100, b"fine_labels")]
+)
+def test_cifar_reader_keeps_pixel_layout(tmp_path: Path, cls: type[CIFAR10], make, key: bytes) -> None:
+    written = make(tmp_path)
+    dm = cls(root=str(tmp_path), **SMALL)
+    dm.setup("test")
+    x, y = (torch.cat(parts) for parts in zip(*dm.predict_dataloader(), strict=True))
+    expected = torch.from_numpy(written[b"data"]).view(-1, 3, 32, 32)
+    assert torch.equal(x, expected) and y.tolist() == written[key]
+    # Rows are channel-major: the first 1024 bytes are the red plane of the first image.
+    assert torch.equal(x[0, 0].flatten(), torch.from_numpy(written[b"data"][0, :1024]))
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    labels = torch.from_numpy(load_digits().target)
+    train, val, test = stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=0)
+    assert (len(train), len(val), len(test)) == (1258, 180, 359)
+    assert torch.equal(torch.cat([train, val, test]).sort().values, torch.arange(len(labels)))
+    again = stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+    other = stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=1)
+    assert not torch.equal(val, other[1]) and not torch.equal(test, other[2])
+    expected = torch.bincount(labels) * 0.1
+    assert (torch.bincount(labels[val], minlength=10) - expected).abs().max() <= 1
+
+
+def test_split_ignores_the_global_seed() -> None:
+    splits = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        dm = Digits(seed=3)
+        dm.setup()
+        splits.append(dm.val_dataloader().dataset.x)
+    assert torch.equal(*splits)
+    dm = Digits(seed=4)
+    dm.setup()
+    assert not torch.equal(splits[0], dm.val_dataloader().dataset.x)
+
+
+def test_image_folder_split_is_seeded(tmp_path: Path) -> None:
+    root = str(make_folder(tmp_path))
+    samples = []
+    for seed in (0, 0, 1):
+        dm = ImageFolder(root, seed=seed)
+        dm.setup()
+        samples.append(dm.val_dataloader().dataset.samples)
+    assert samples[0] == samples[1] != samples[2]
+    assert sorted(label for _path, label in samples[0]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("cls", [MNIST, FashionMNIST, CIFAR10, CIFAR100])
+def test_missing_dataset_names_dataset_directory_and_fix(tmp_path: Path, cls: type[VisionDataModule]) -> None:
+    with pytest.raises(DatasetNotFoundError) as error:
+        cls(root=str(tmp_path))
+    message = str(error.value)
+    assert cls.name in message and str(tmp_path.resolve()) in message
+    assert "--data.download true" in message and "--data.root" in message
+
+
+def test_partly_missing_mnist_names_the_missing_files(tmp_path: Path) -> None:
+    make_mnist(tmp_path, "MNIST")
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DatasetNotFoundError, match="t10k-labels-idx1-ubyte"):
+        MNIST(root=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"val_fraction": 1.5}, "val_fraction"),
+        ({"test_fraction": -0.1}, "test_fraction"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "val_fraction"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"crop_padding": -1}, "crop_padding"),
+        ({"num_workers": -1}, "num_workers"),
+    ],
+)
+def test_bad_values_name_the_key(kwargs: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"data.{key}"):
+        Digits(**kwargs)
+
+
+def test_image_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match="absent"):
+        ImageFolder(str(tmp_path / "absent"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no class folders"):
+        ImageFolder(str(tmp_path / "empty"))
+    root = make_folder(tmp_path / "folder")
+    (root / "empty_class").mkdir()
+    with pytest.raises(ConfigError, match="empty_class"):
+        ImageFolder(str(root))
+    root = make_folder(tmp_path / "split", splits=("train", "val", "test"))
+    write_images(root / "val" / "cow", 1)
+    with pytest.raises(ConfigError, match="cow"):
+        ImageFolder(str(root))
+    for kwargs, key in (({"in_channels": 2}, "in_channels"), ({"image_size": 0}, "image_size")):
+        with pytest.raises(ConfigError, match=f"data.{key}"):
+            ImageFolder(str(tmp_path / "folder"), **kwargs)
+
+
+def test_image_folder_carves_only_missing_splits(tmp_path: Path) -> None:
+    root = make_folder(tmp_path, splits=("train", "val"))
+    dm = ImageFolder(str(root), test_fraction=0.25)
+    dm.setup()
+    assert [len(dm._dataset(split)) for split in ("train", "val", "test")] == [9, 4, 3]
+
+
+def test_one_getitems_call_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    getitems = TensorBatchDataset.__getitems__
+
+    def counted(self: TensorBatchDataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(len(indices))
+        return getitems(self, indices)
+
+    def refuse(self: TensorBatchDataset, index: int) -> None:
+        raise AssertionError("per-sample __getitem__ called")
+
+    monkeypatch.setattr(TensorBatchDataset, "__getitems__", counted)
+    monkeypatch.setattr(TensorBatchDataset, "__getitem__", refuse)
+    dm = Digits(batch_size=128)
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    assert len(calls) == len(batches) == math.ceil(1258 / 128)
+    assert sum(calls) == 1258 and all(len(x) == n for (x, _y), n in zip(batches, calls, strict=True))
+
+
+def test_augmentation_only_in_training() -> None:
+    plain = Digits()
+    augmented = Digits(augment=True)
+    for dm in (plain, augmented):
+        dm.setup()
+    x, _y = next(iter(plain.val_dataloader()))
+    evaluated = augmented.transform(x, train=False)
+    assert torch.equal(evaluated, plain.transform(x, train=False))
+    assert torch.equal(evaluated, augmented.transform(x, train=False))
+    assert not torch.equal(augmented.transform(x, train=True), evaluated)
+    assert torch.equal(plain.transform(x, train=True), evaluated)
+
+
+def test_flip_mirrors_each_sample_or_leaves_it() -> None:
+    dm = Digits(augment=True, crop_padding=0, normalize=False)
+    x = torch.arange(64.0).div(64).view(1, 1, 8, 8).repeat(64, 1, 1, 1)  # asymmetric in every direction
+    torch.manual_seed(0)
+    out = dm.transform(x, train=True)
+    flipped = [bool(torch.equal(o, x[0].flip(-1))) for o in out]
+    kept = [bool(torch.equal(o, x[0])) for o in out]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))
+    assert 0 < sum(flipped) < 64
+    assert torch.equal(Digits(augment=True, crop_padding=0, hflip=False, normalize=False).transform(x, train=True), x)
+
+
+def test_crop_shifts_each_sample_by_its_own_offset() -> None:
+    dm = Digits(augment=True, crop_padding=2, hflip=False, normalize=False)
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 8, 8) * 0.9 + 0.1  # nonzero, so zero padding is visible
+    out = dm.transform(x, train=True)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = set()
+    for i in range(len(x)):
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])
+        ]
+        assert len(matches) == 1
+        offsets.add(matches[0])
+    assert len(offsets) > 5
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10", "folder"])
+def test_normalisation_standardises_the_training_split(sources: dict[str, VisionDataModule], name: str) -> None:
+    dm = sources[name]
+    dm.setup()
+    x = torch.cat([dm.transform(x, train=False) for x, _y in dm.train_dataloader()])
+    assert x.mean((0, 2, 3)).abs().max() < 1e-4
+    assert (x.std((0, 2, 3), unbiased=False) - 1).abs().max() < 1e-3
+
+
+def test_without_normalisation_pixels_stay_in_unit_range(sources: dict[str, VisionDataModule]) -> None:
+    dm = sources["cifar10"]
+    dm.normalize = False
+    dm.setup()
+    x = dm.transform(next(iter(dm.train_dataloader()))[0], train=False)
+    assert dm.mean is None and x.min() >= 0 and x.max() <= 1 and x.max() > 0.9
+
+
+def test_needs_setup_first() -> None:
+    dm = Digits()
+    with pytest.raises(RuntimeError, match="setup"):
+        dm.train_dataloader()
+    with pytest.raises(RuntimeError, match="setup"):
+        dm.transform(torch.zeros(1, 1, 8, 8), train=False)
+
+
+def test_subclass_cli_arguments_resolve_to_the_base() -> None:
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(VisionDataModule, "data")
+    for argv in (["--data", "Digits"], ["--data", "ImageFolder", "--data.path", "images"]):
+        config = parser.parse_args([*argv, "--data.batch_size", "64", "--data.augment", "true"])
+        assert config.data.init_args.batch_size == 64 and config.data.init_args.augment is True
+    with pytest.raises(ArgumentError, match="batch_sise"):
+        parser.parse_args(["--data", "Digits", "--data.batch_sise", "64"])
+
+
+class Probe(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(64, 10)
+        self.seen: list[tuple[str, torch.Tensor]] = []
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        self.seen.append((stage, x))
+        return torch.nn.functional.cross_entropy(self.net(x.flatten(1)), y)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.step(batch, "val")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return batch[1]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_trainer_augments_training_batches_only() -> None:
+    L.seed_everything(0)
+    dm = Digits(augment=True, batch_size=64)
+    model = Probe()
+    trainer = L.Trainer(
+        fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(model, datamodule=dm)
+    seen = dict(model.seen)
+    assert set(seen) == {"train", "val"} and all(x.dtype == torch.float32 for x in seen.values())
+    raw_val, _y = next(iter(dm.val_dataloader()))
+    assert torch.equal(seen["val"], dm.transform(raw_val, train=False))
+    clean = dm.transform(dm.train_dataloader().dataset.x, train=False).flatten(1)
+    unchanged = (seen["train"].flatten(1)[:, None] == clean[None]).all(-1).any(-1)  # (64,)
+    assert unchanged.sum() < len(unchanged) / 2
+    (labels,) = trainer.predict(model, datamodule=dm)  # fast_dev_run: one batch
+    assert torch.equal(labels, dm.test_dataloader().dataset.y[:64])
