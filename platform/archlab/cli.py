@@ -222,7 +222,12 @@ def run(args: list[str] | None = None, *, callbacks: list[L.Callback] | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
     try:
+        if args[:1] == ["sweep"]:
+            from archlab.sweep import main as sweep_main
+
+            return sweep_main(args[1:])
         run(argv)
     except ArchlabError as error:
         if os.environ.get("ARCHLAB_DEBUG"):
