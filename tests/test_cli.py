@@ -166,3 +166,24 @@ def test_bad_values_give_one_paragraph_not_a_traceback(
     assert "Traceback" not in result.stderr
     for word in expected:
         assert word in result.stderr, (word, result.stderr[-2000:])
+
+
+def test_help_print_config_and_shorthand_overrides(tmp_path: Path) -> None:
+    helped = archlab("fit", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "--tracker" in helped.stdout and "--trainer.max_epochs" in helped.stdout
+    printed = archlab(
+        "fit", "-c", str(ROOT / "configs/resnet_digits.yaml"), "--model.net.depth", "56", "--print_config", cwd=tmp_path
+    )
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    net = yaml.safe_load(printed.stdout)["model"]["init_args"]["net"]
+    assert net["class_path"] == "archlab.models.ResNet" and net["init_args"]["depth"] == 56
+
+
+def test_tensorboard_tracker_writes_event_files(tmp_path: Path) -> None:
+    result = archlab(
+        "fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--tracker", "tensorboard", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2", "--model.net.channels", "[8]", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = run_dirs(tmp_path / "runs")
+    assert list(run.glob("events.out.tfevents.*"))
