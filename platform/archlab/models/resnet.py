@@ -13,7 +13,7 @@ He, Zhang, Ren, Sun. "Deep Residual Learning for Image Recognition", CVPR 2016. 
   no shortcut at all: the plain network of paper Figures 3 and 6, with exactly the same layers.
 
 Parameter counts at 10 classes, option A (paper Table 6: 0.27M, 0.85M, 1.7M): ResNet-20 269,722; ResNet-56 853,018;
-ResNet-110 1,730,714. The plain networks have the same counts.
+ResNet-110 1,727,962. The plain networks have the same counts.
 """
 
 from functools import partial
