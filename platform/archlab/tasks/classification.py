@@ -1,6 +1,6 @@
 """Classification: cross-entropy over class logits, for any net that maps inputs to (B, num_classes)."""
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -26,12 +26,10 @@ class Classification(Task):
         num_classes: int | None = None,
         label_smoothing: float = 0.0,
         aux_weight: float = 0.3,
-        lr: float = 1.0e-3,
-        weight_decay: float = 1.0e-2,
-        warmup: float = 0.1,
-        schedule: Literal["cosine", "constant"] = "cosine",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        """`kwargs`: the optimizer settings of `Task` (lr, weight_decay, warmup, schedule)."""
+        super().__init__(net, **kwargs)
         num_classes = num_classes or getattr(net, "num_classes", None)
         if not num_classes or num_classes < 2:
             raise ConfigError(
