@@ -43,6 +43,15 @@ class RunConfig(SaveConfigCallback):
             logger.log_hyperparams(config)
 
 
+class ArchlabParser(LightningArgumentParser):
+    """LightningCLI's parser, with a one-line usage above errors instead of every option the Trainer has."""
+
+    def print_usage(self, file: Any = None) -> None:
+        (file or sys.stderr).write(
+            f"usage: {self.prog.replace(' [options]', '')} -c CONFIG [--section.key VALUE ...]\n"
+        )
+
+
 class ArchlabCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, *, callbacks: list[L.Callback] | None = None) -> None:
         self.extra_callbacks = callbacks or []
@@ -56,6 +65,7 @@ class ArchlabCLI(LightningCLI):
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
+            parser_class=ArchlabParser,
             args=args,
         )
 
