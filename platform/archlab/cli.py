@@ -47,9 +47,10 @@ class ArchlabParser(LightningArgumentParser):
     """LightningCLI's parser, with a one-line usage above errors instead of every option the Trainer has."""
 
     def print_usage(self, file: Any = None) -> None:
-        (file or sys.stderr).write(
-            f"usage: {self.prog.replace(' [options]', '')} -c CONFIG [--section.key VALUE ...]\n"
-        )
+        prog = self.prog.replace(" [options]", "")
+        if " " not in prog:
+            prog += " {fit,validate,test,predict,sweep}"
+        (file or sys.stderr).write(f"usage: {prog} -c CONFIG [--section.key VALUE ...]\n")
 
 
 class ArchlabCLI(LightningCLI):
