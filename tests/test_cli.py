@@ -30,12 +30,13 @@ def run_dirs(runs: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from formats import write_cifar
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from formats import write_cifar, write_oxford_pets
 
     root = tmp_path_factory.mktemp("data")
     write_cifar(root, "cifar10", n_train=40, n_test=20)
     write_cifar(root, "cifar100", n_train=40, n_test=20)
+    write_oxford_pets(root, n_trainval=10, n_test=4)
     return root
 
 
@@ -50,8 +51,8 @@ def test_layout_keeps_the_stdlib_platform_module() -> None:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_every_config_runs_fast_dev_run(config: Path, tmp_path: Path, cifar_root: Path) -> None:
-    extra = ["--data.root", str(cifar_root)] if "cifar" in config.stem else []
+def test_every_config_runs_fast_dev_run(config: Path, tmp_path: Path, data_root: Path) -> None:
+    extra = ["--data.root", str(data_root)] if "cifar" in config.stem or "pets" in config.stem else []
     result = archlab(
         "fit", "-c", str(config), "-c", str(ROOT / "configs/trainer/cpu.yaml"), *FAST, *extra, cwd=tmp_path
     )
@@ -120,10 +121,10 @@ def test_wandb_offline_run_keeps_the_api_key_out(tmp_path: Path) -> None:
             assert canary.encode() not in path.read_bytes(), path
 
 
-def test_cifar100_shapes_reach_the_net(tmp_path: Path, cifar_root: Path) -> None:
+def test_cifar100_shapes_reach_the_net(tmp_path: Path, data_root: Path) -> None:
     result = archlab(
         "fit", "-c", str(ROOT / "configs/resnet_cifar10.yaml"), "--data", "archlab.data.CIFAR100",
-        "--data.root", str(cifar_root), "--trainer.max_epochs", "1", "--tracker", "csv", cwd=tmp_path,
+        "--data.root", str(data_root), "--trainer.max_epochs", "1", "--tracker", "csv", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "runs")
@@ -156,11 +157,11 @@ def test_unknown_keys_and_wrong_types_are_named(args: list[str], named: str, tmp
     ],
 )
 def test_bad_values_give_one_paragraph_not_a_traceback(
-    config: str, args: list[str], expected: list[str], tmp_path: Path, cifar_root: Path
+    config: str, args: list[str], expected: list[str], tmp_path: Path, data_root: Path
 ) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "cifar" in config and "--data.root" not in args:
-        args += ["--data.root", str(cifar_root)]
+        args += ["--data.root", str(data_root)]
     result = archlab("fit", "-c", str(ROOT / f"configs/{config}.yaml"), *args, "--tracker", "csv", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -1,0 +1,95 @@
+"""The shared part of the generative tasks: sample quality as `val/fid` / `test/fid`, sample grids, and `predict`
+writing a PNG grid of new samples.
+
+Every generator is scored the same way: the Frechet distance (archlab.fid) between the features of the split's real
+images and of `fid_samples` generated ones, so GAN, VAE and autoencoder runs compare in one table.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from archlab.errors import ConfigError
+from archlab.fid import add_samples, make_fid
+from archlab.tasks.base import Stage, Task
+from archlab.tasks.images import grid, log_grid
+
+
+class GenerativeTask(Task):
+    """A task whose net can `sample(n)` images in [0, 1]; adds FID, sample grids and sample-writing `predict`."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        fid_samples: int = 1000,
+        num_samples: int = 64,
+        samples_path: str | None = None,
+        lr: float = 1.0e-3,
+        weight_decay: float = 1.0e-2,
+        warmup: float = 0.1,
+        schedule: Literal["cosine", "constant"] = "cosine",
+    ) -> None:
+        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        if fid_samples != 0 and fid_samples < 2:
+            raise ConfigError(f"model.fid_samples must be 0 (no FID) or >= 2 generated images; got {fid_samples}.")
+        if num_samples < 1:
+            raise ConfigError(f"model.num_samples (images in a sample grid) must be >= 1; got {num_samples}.")
+        self.fid_samples = fid_samples
+        self.num_samples = num_samples
+        self.samples_path = samples_path
+        # Where and how many samples `predict` writes is the caller's choice, not the run's: kept out of checkpoints,
+        # whose hyperparameters LightningCLI would otherwise lay over the command line's --model.samples_path.
+        for key in ("samples_path", "num_samples"):
+            self.hparams.pop(key, None)
+        self.fid = make_fid() if fid_samples else None
+        # The same noise every epoch, so the grids show one set of samples evolving.
+        noise = torch.randn((num_samples, net.latent_dim), generator=torch.Generator().manual_seed(0))
+        self.register_buffer("fixed_noise", noise, persistent=False)  # (num_samples, latent_dim)
+
+    def sample(self, n: int, noise: Tensor | None = None) -> Tensor:
+        """`n` new images (n, C, H, W) in [0, 1], from `noise` (n, latent_dim) when given."""
+        raise NotImplementedError
+
+    def update_real(self, x: Tensor) -> None:
+        if self.fid is not None:
+            if x.min() < 0 or x.max() > 1:
+                raise ConfigError(
+                    "the FID compares images in [0, 1], but this batch holds values outside; set data.normalize false"
+                )
+            self.fid.update(x, real=True)
+
+    def log_fid(self, stage: Stage) -> None:
+        if self.fid is None:
+            return
+        if int(self.fid.real_features_num_samples) >= 2:
+            add_samples(self.fid, self.sample, self.fid_samples)
+            self.log(f"{stage}/fid", self.fid.compute(), prog_bar=True)
+        self.fid.reset()
+
+    def log_images(self) -> None:
+        """Grids for the tracker at the end of each validation epoch."""
+        with torch.no_grad():
+            samples = self.sample(self.num_samples, self.fixed_noise)
+        log_grid(self, "val/samples", grid(samples, nrow=int(self.num_samples**0.5)))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_fid("val")
+        self.log_images()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_fid("test")
+
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+        return {"samples": self.sample(len(batch[0])).cpu()}  # as many new images as the batch has
+
+    def write_predictions(self, outputs: list[dict[str, Tensor]], run_dir: Path) -> Path:
+        """The first `num_samples` generated images as one PNG grid, at `samples_path` or run_dir/samples.png."""
+        samples = torch.cat([batch["samples"] for batch in outputs])[: self.num_samples]
+        path = Path(self.samples_path) if self.samples_path else Path(run_dir) / "samples.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torchvision.utils.save_image(grid(samples, nrow=int(len(samples) ** 0.5)), path)
+        return path

@@ -1,0 +1,144 @@
+"""Segmentation: per-pixel cross-entropy plus soft Dice loss, for any net that maps (B, C, H, W) to (B, K, H, W).
+
+Milletari et al. "V-Net", 3DV 2016 (https://arxiv.org/abs/1606.04797): the soft Dice loss. Dice and IoU are
+computed over all pixels of the split ("global"), per class, and averaged over the foreground classes unless
+`include_background`.
+"""
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.segmentation import DiceScore, MeanIoU
+
+from archlab.errors import ConfigError
+from archlab.tasks.base import Stage, Task
+from archlab.tasks.images import grid, log_grid, overlay, to_unit_range
+
+
+def soft_dice_loss(logits: Tensor, y: Tensor, *, eps: float = 1.0) -> Tensor:
+    """1 - mean over classes of 2|P*G| / (|P| + |G|), with P the softmax (B, K, H, W) and G the one-hot masks."""
+    probs = logits.softmax(dim=1)  # (B, K, H, W)
+    target = F.one_hot(y, logits.shape[1]).permute(0, 3, 1, 2).to(probs)  # (B, K, H, W)
+    intersection = (probs * target).sum(dim=(0, 2, 3))  # (K,)
+    total = probs.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))  # (K,)
+    return 1 - ((2 * intersection + eps) / (total + eps)).mean()
+
+
+class Segmentation(Task):
+    """image -> net -> per-pixel logits -> ce_weight x cross-entropy + dice_weight x soft Dice."""
+
+    monitor: ClassVar[str] = "val/dice"
+    mode: ClassVar[Literal["min", "max"]] = "max"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        num_classes: int | None = None,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        include_background: bool = False,
+        overlay_every_n_epochs: int = 5,
+        overlay_images: int = 8,
+        lr: float = 1.0e-3,
+        weight_decay: float = 1.0e-2,
+        warmup: float = 0.1,
+        schedule: Literal["cosine", "constant"] = "cosine",
+    ) -> None:
+        """`val/dice` and `val/iou` average the per-class scores over classes 1.. (all classes with
+        `include_background`); every class's own score is logged as `val/dice_<i>`, `val/iou_<i>`. Every
+        `overlay_every_n_epochs` epochs (0: never), the first `overlay_images` validation images are logged with
+        their ground truth and prediction overlaid."""
+        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        num_classes = num_classes or getattr(net, "num_classes", None)
+        if not num_classes or num_classes < 2:
+            raise ConfigError(f"model.num_classes must be >= 2 (binary segmentation is 2 classes); got {num_classes}.")
+        if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
+            raise ConfigError(
+                f"model.ce_weight ({ce_weight}) and model.dice_weight ({dice_weight}) must be >= 0, not both 0."
+            )
+        if overlay_every_n_epochs < 0 or overlay_images < 1:
+            raise ConfigError(
+                f"model.overlay_every_n_epochs must be >= 0 (0: never) and model.overlay_images >= 1; got "
+                f"{overlay_every_n_epochs} and {overlay_images}."
+            )
+        self.num_classes = num_classes
+        self.ce_weight = ce_weight
+        self.dice_weight = dice_weight
+        self.include_background = include_background
+        self.overlay_every_n_epochs = overlay_every_n_epochs
+        self.overlay_images = overlay_images
+        metrics = MetricCollection(
+            {
+                # Every class, background included; the mean is taken in `log_metrics`.
+                "dice": DiceScore(num_classes, average="none", aggregation_level="global", input_format="index"),
+                "iou": MeanIoU(num_classes, per_class=True, input_format="index"),
+            }
+        )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self._overlay_batch: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
+        x, y = batch  # (B, C, H, W), (B, H, W)
+        if y.min() < 0 or y.max() >= self.num_classes:
+            raise ConfigError(
+                f"a mask holds label {int(y.max() if y.max() >= self.num_classes else y.min())}, outside "
+                f"0..{self.num_classes - 1} (num_classes={self.num_classes})"
+            )
+        logits = self.net(x)  # (B, K, H, W)
+        ce = F.cross_entropy(logits, y)
+        dice = soft_dice_loss(logits, y)
+        loss = self.ce_weight * ce + self.dice_weight * dice
+        pred = logits.detach().argmax(dim=1)  # (B, H, W)
+        getattr(self, f"{stage}_metrics").update(pred, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(f"{stage}/dice_loss", dice, on_step=False, on_epoch=True, batch_size=len(y))
+        if stage == "val" and self._overlay_batch is None:
+            n = self.overlay_images
+            self._overlay_batch = (x[:n].detach(), y[:n], pred[:n])
+        return loss
+
+    def log_metrics(self, stage: Stage) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        first = 0 if self.include_background else 1
+        for name, per_class in metrics.compute().items():  # "val/dice" -> (K,)
+            self.log(name, per_class[first:].mean(), prog_bar=stage != "train")
+            for i, value in enumerate(per_class):
+                self.log(f"{name}_{i}", value)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_metrics("val")
+        batch, self._overlay_batch = self._overlay_batch, None
+        every = self.overlay_every_n_epochs
+        if batch is not None and every and (self.current_epoch + 1) % every == 0:
+            x, y, pred = batch
+            image = to_unit_range(x)
+            rows = torch.stack([overlay(image, torch.zeros_like(y)), overlay(image, y), overlay(image, pred)], 1)
+            # One row per image: input | ground truth | prediction.
+            log_grid(self, "val/overlays", grid(rows.flatten(0, 1), nrow=3))
+
+    def on_test_epoch_end(self) -> None:
+        self.log_metrics("test")
+
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+        pred = self(batch[0]).argmax(dim=1)  # (B, H, W)
+        out = {"foreground_fraction": (pred > 0).float().mean(dim=(1, 2))}
+        if len(batch) > 1:
+            inter = ((pred > 0) & (batch[1] > 0)).sum(dim=(1, 2)).float()
+            total = (pred > 0).sum(dim=(1, 2)) + (batch[1] > 0).sum(dim=(1, 2))
+            out["foreground_dice"] = 2 * inter / total.clamp_min(1)
+        return out
