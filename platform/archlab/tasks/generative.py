@@ -6,7 +6,7 @@ images and of `fid_samples` generated ones, so GAN, VAE and autoencoder runs com
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 import torchvision
@@ -28,12 +28,9 @@ class GenerativeTask(Task):
         fid_samples: int = 1000,
         num_samples: int = 64,
         samples_path: str | None = None,
-        lr: float = 1.0e-3,
-        weight_decay: float = 1.0e-2,
-        warmup: float = 0.1,
-        schedule: Literal["cosine", "constant"] = "cosine",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        super().__init__(net, **kwargs)
         if fid_samples != 0 and fid_samples < 2:
             raise ConfigError(f"model.fid_samples must be 0 (no FID) or >= 2 generated images; got {fid_samples}.")
         if num_samples < 1:

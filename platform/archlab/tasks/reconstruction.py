@@ -10,7 +10,7 @@ Samples: the VAE decodes z ~ N(0, I); a deterministic autoencoder has no prior, 
 to the codes of the validation images (full covariance; Ghosh et al. 2020, https://arxiv.org/abs/1903.12436).
 """
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -61,10 +61,8 @@ class Reconstruction(GenerativeTask):
         fid_samples: int = 1000,
         num_samples: int = 64,
         samples_path: str | None = None,
-        lr: float = 1.0e-3,
         weight_decay: float = 0.0,
-        warmup: float = 0.1,
-        schedule: Literal["cosine", "constant"] = "cosine",
+        **kwargs: Any,
     ) -> None:
         for key, value, choices in (
             ("loss", loss, LOSSES),
@@ -99,10 +97,8 @@ class Reconstruction(GenerativeTask):
             fid_samples=fid_samples,
             num_samples=num_samples,
             samples_path=samples_path,
-            lr=lr,
             weight_decay=weight_decay,
-            warmup=warmup,
-            schedule=schedule,
+            **kwargs,
         )
         self.loss = loss
         self.beta = beta

@@ -5,7 +5,7 @@ computed over all pixels of the split ("global"), per class, and averaged over t
 `include_background`.
 """
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -43,16 +43,13 @@ class Segmentation(Task):
         include_background: bool = False,
         overlay_every_n_epochs: int = 5,
         overlay_images: int = 8,
-        lr: float = 1.0e-3,
-        weight_decay: float = 1.0e-2,
-        warmup: float = 0.1,
-        schedule: Literal["cosine", "constant"] = "cosine",
+        **kwargs: Any,
     ) -> None:
         """`val/dice` and `val/iou` average the per-class scores over classes 1.. (all classes with
         `include_background`); every class's own score is logged as `val/dice_<i>`, `val/iou_<i>`. Every
         `overlay_every_n_epochs` epochs (0: never), the first `overlay_images` validation images are logged with
-        their ground truth and prediction overlaid."""
-        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        their ground truth and prediction overlaid. `kwargs`: the optimizer settings of `Task`."""
+        super().__init__(net, **kwargs)
         num_classes = num_classes or getattr(net, "num_classes", None)
         if not num_classes or num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2 (binary segmentation is 2 classes); got {num_classes}.")
