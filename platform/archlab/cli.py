@@ -120,6 +120,14 @@ class ArchlabCLI(LightningCLI):
         trainer.callbacks.extend(self.extra_callbacks)
         return trainer
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            # A run that raises (a pruned or failed sweep trial, Ctrl-C) must not stay open and merge into the next.
+            self.finish_loggers()
+            raise
+
     def fit(self, **kwargs: Any) -> None:
         start = time.perf_counter()
         self.trainer.fit(**kwargs)
