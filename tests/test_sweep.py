@@ -82,7 +82,8 @@ def wait_for(predicate, *, timeout: float = 240, proc: subprocess.Popen | None =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sweep exited early ({proc.returncode})")
+            stderr = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            raise AssertionError(f"the sweep exited early ({proc.returncode}): {stderr}")
         with contextlib.suppress(Exception):
             if predicate():
                 return
@@ -160,7 +161,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path:
 
 def test_sigkill_mid_trial_then_rerun_resumes_the_retry_from_its_checkpoint(tmp_path: Path) -> None:
     path = write_sweep(
-        tmp_path, "kill", n_trials=1, heartbeat_interval=1, grace_period=3, fixed={"trainer.max_epochs": 4}
+        tmp_path, "kill", n_trials=1, heartbeat_interval=1, grace_period=3, fixed={"trainer.max_epochs": 40}
     )
     proc = subprocess.Popen(
         sweep_command("-c", str(path)), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -15,11 +15,13 @@ def test_redact_masks_secret_keys_and_urls_at_any_depth():
         "trainer": {"logger": {"init_args": {"api_key": "abc123", "project": "archlab"}}},
         "storage": ["postgresql://u:pw@h/db"],
         "password": "",
+        "data": {"chars_per_token": 4, "max_tokens": 512, "db_password": "pw", "auth_token": "t"},
     }
     redacted = tracking.redact(config)
     assert redacted["trainer"]["logger"]["init_args"] == {"api_key": "***", "project": "archlab"}
     assert redacted["storage"] == ["postgresql://u:***@h/db"]
     assert redacted["password"] == ""  # nothing to hide
+    assert redacted["data"] == {"chars_per_token": 4, "max_tokens": 512, "db_password": "***", "auth_token": "***"}
     assert config["trainer"]["logger"]["init_args"]["api_key"] == "abc123"  # the original is untouched
 
 

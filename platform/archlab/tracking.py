@@ -17,7 +17,12 @@ from lightning.pytorch.loggers.logger import DummyLogger
 
 Tracker = Literal["wandb", "csv", "tensorboard", "none"]
 RUN_DIR_ENV = "ARCHLAB_RUN_DIR"
-SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_?key|credential)", re.IGNORECASE)
+# Whole key names only: `db_password`, `client_secret`, `api_key`, `auth_token` are secrets; `chars_per_token` is not.
+SECRET_KEY = re.compile(
+    r"^(?:.*_)?(?:password|passwd|secret|secret_key|api_?key|credentials?)$"
+    r"|^(?:(?:auth|access|api|bearer|refresh|hf|wandb|github)_?)?token$",
+    re.IGNORECASE,
+)
 URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)(?P<password>[^@/\s]+)(?P<tail>@)")
 
 
@@ -29,7 +34,7 @@ def mask_url(text: str) -> str:
 def redact(value: Any) -> Any:
     """A copy of a config in which values under secret-looking keys and passwords inside URLs are masked."""
     if isinstance(value, dict):
-        return {k: "***" if SECRET_KEY.search(str(k)) and v else redact(v) for k, v in value.items()}
+        return {k: "***" if SECRET_KEY.match(str(k)) and v else redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(redact(v) for v in value)
     if isinstance(value, str):

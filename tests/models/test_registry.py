@@ -31,6 +31,23 @@ def tokens(batch: int, length: int, vocab: int) -> Callable[[], tuple[Tensor]]:
 
 TINY: dict[str, Tiny] = {name: Tiny(kwargs, image(*shape)) for name, (kwargs, shape) in CLASSIFIERS.items()}
 # Other families add their entries below, e.g. TINY["unet"] = Tiny({...}, image(2, 1, 17, 19)).
+TINY["unet"] = Tiny({"in_channels": 1, "num_classes": 3, "depth": 2, "width": 4}, image(2, 1, 17, 19))
+TINY["dcgan"] = Tiny({"in_channels": 1, "image_size": 8, "latent_dim": 4, "width": 4}, image(2, 4))
+TINY["autoencoder"] = Tiny({"in_channels": 1, "image_size": 9, "latent_dim": 3, "widths": (4, 8)}, image(2, 1, 9, 9))
+TINY["vae"] = Tiny({"image_size": 8, "latent_dim": 3, "encoder": "mlp", "widths": (8,)}, image(2, 1, 8, 8))
+TINY["recurrent"] = Tiny(
+    {"cell": "lstm", "vocab_size": 11, "dim": 8, "hidden_dim": 8, "num_layers": 2}, tokens(2, 7, 11)
+)
+TINY["transformer"] = Tiny(
+    {"vocab_size": 11, "max_len": 8, "pad_id": 0, "dim": 16, "num_heads": 2, "num_layers": 1},
+    lambda: (torch.randint(1, 11, (2, 7)), torch.randint(1, 11, (2, 5))),
+)
+TINY["gpt"] = Tiny({"vocab_size": 11, "max_len": 8, "dim": 16, "num_heads": 2, "num_layers": 2}, tokens(2, 7, 11))
+TINY["bert"] = Tiny({"vocab_size": 11, "max_len": 8, "dim": 16, "num_heads": 2, "num_layers": 1}, tokens(2, 7, 11))
+TINY["bert_base"] = Tiny(
+    {"vocab_size": 11, "max_len": 8, "dim": 16, "num_heads": 2, "num_layers": 1, "hidden_dim": 32, "num_classes": 3},
+    tokens(2, 7, 11),
+)
 
 
 def tensors(out: object) -> list[Tensor]:

@@ -1,0 +1,108 @@
+"""MaskedLanguageModeling: BERT pre-training's masked-token objective.
+
+Devlin et al. "BERT", NAACL 2019, sec. 3.1 and appendix A.1: 15% of the (non-special) tokens are selected; of those
+80% become [MASK], 10% a random token, 10% stay; the loss is cross-entropy on the selected positions only.
+"""
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import MeanMetric
+
+from archlab.errors import ConfigError
+from archlab.tasks.base import Stage, Task
+
+IGNORE = -100
+
+
+def mask_tokens(
+    ids: Tensor, *, mask_id: int, vocab_size: int, num_specials: int, mask_prob: float, generator=None
+) -> tuple[Tensor, Tensor]:
+    """(B, T) ids -> (inputs, labels): inputs with the 80/10/10 corruption, labels = ids at selected positions and
+    -100 elsewhere. Ids below `num_specials` ([PAD], [CLS], ...) are never selected."""
+    selected = (torch.rand(ids.shape, device=ids.device, generator=generator) < mask_prob) & (ids >= num_specials)
+    labels = ids.masked_fill(~selected, IGNORE)
+    action = torch.rand(ids.shape, device=ids.device, generator=generator)
+    to_mask = selected & (action < 0.8)
+    to_random = selected & (action >= 0.8) & (action < 0.9)
+    random_ids = torch.randint(num_specials, vocab_size, ids.shape, device=ids.device, generator=generator)
+    inputs = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
+    inputs = torch.where(to_random, random_ids, inputs)
+    return inputs, labels
+
+
+class MaskedLanguageModeling(Task):
+    """ids -> 80/10/10 corruption of 15% -> net -> (B, T, vocab_size) logits -> cross-entropy on the selected."""
+
+    monitor: ClassVar[str] = "val/loss"
+    mode: ClassVar[Literal["min", "max"]] = "min"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        vocab_size: int | None = None,
+        mask_id: int = 4,
+        num_specials: int = 5,
+        mask_prob: float = 0.15,
+        lr: float = 1.0e-3,
+        weight_decay: float = 1.0e-2,
+        warmup: float = 0.1,
+        schedule: Literal["cosine", "constant"] = "cosine",
+    ) -> None:
+        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        if not 0 < mask_prob < 1:
+            raise ConfigError(f"model.mask_prob must be in (0, 1); got {mask_prob}.")
+        if vocab_size is None or not 0 <= mask_id < num_specials < vocab_size:
+            raise ConfigError(
+                f"model.mask_id ({mask_id}) must be a special token below num_specials ({num_specials}),"
+                f" itself below vocab_size ({vocab_size})."
+            )
+        self.vocab_size = vocab_size
+        self.mask_id = mask_id
+        self.num_specials = num_specials
+        self.mask_prob = mask_prob
+        self.val_acc = MeanMetric()
+        self.test_acc = MeanMetric()
+        self.val_nll = MeanMetric()
+        self.test_nll = MeanMetric()
+
+    def step(self, batch: tuple[Tensor, ...], stage: Stage) -> Tensor:
+        ids = batch[0]  # (B, T)
+        # Val and test corrupt the same positions of a batch every epoch (seeded by its content): comparable epochs.
+        generator = None if stage == "train" else torch.Generator(ids.device).manual_seed(int(ids.sum()))
+        inputs, labels = mask_tokens(
+            ids,
+            mask_id=self.mask_id,
+            vocab_size=self.vocab_size,
+            num_specials=self.num_specials,
+            mask_prob=self.mask_prob,
+            generator=generator,
+        )
+        logits = self.net(inputs)  # (B, T, vocab_size)
+        selected = labels != IGNORE
+        if not selected.any():
+            return logits.sum() * 0.0
+        loss = F.cross_entropy(logits[selected], labels[selected])
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(ids))
+        if stage != "train":
+            count = int(selected.sum())
+            getattr(self, f"{stage}_nll").update(loss.detach(), weight=count)
+            acc = getattr(self, f"{stage}_acc")
+            acc.update((logits[selected].argmax(-1) == labels[selected]).float())
+            self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def log_ppl(self, stage: Stage) -> None:
+        nll = getattr(self, f"{stage}_nll")
+        if nll.update_count:
+            self.log(f"{stage}/ppl", nll.compute().exp())
+        nll.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_ppl("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_ppl("test")
