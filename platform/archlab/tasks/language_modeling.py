@@ -9,7 +9,7 @@ use it with `TextCorpus(stream=True)`, whose consecutive batches continue each o
 
 import math
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -41,13 +41,10 @@ class LanguageModeling(Task):
         top_k: int | None = None,
         sample_len: int = 300,
         grad_clip: float | None = 1.0,
-        lr: float = 1.0e-3,
-        weight_decay: float = 1.0e-2,
-        warmup: float = 0.1,
-        schedule: Literal["cosine", "constant"] = "cosine",
+        **kwargs: Any,
     ) -> None:
         """`temperature`, `top_k` (None: the whole vocabulary) and `sample_len` shape the samples of predict."""
-        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        super().__init__(net, **kwargs)
         if carry_state and not hasattr(net, "recur"):
             raise ConfigError(f"model.carry_state needs a recurrent net (one with recur()); got {type(net).__name__}.")
         if getattr(net, "bidirectional", False):

@@ -4,7 +4,7 @@ Devlin et al. "BERT", NAACL 2019, sec. 3.1 and appendix A.1: 15% of the (non-spe
 80% become [MASK], 10% a random token, 10% stay; the loss is cross-entropy on the selected positions only.
 """
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -47,12 +47,9 @@ class MaskedLanguageModeling(Task):
         mask_id: int = 4,
         num_specials: int = 5,
         mask_prob: float = 0.15,
-        lr: float = 1.0e-3,
-        weight_decay: float = 1.0e-2,
-        warmup: float = 0.1,
-        schedule: Literal["cosine", "constant"] = "cosine",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        super().__init__(net, **kwargs)
         if not 0 < mask_prob < 1:
             raise ConfigError(f"model.mask_prob must be in (0, 1); got {mask_prob}.")
         if vocab_size is None or not 0 <= mask_id < num_specials < vocab_size:

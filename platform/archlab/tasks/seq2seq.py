@@ -7,7 +7,7 @@ https://arxiv.org/abs/1409.3215. The net has `encode(src) -> (memory, mask)` and
 
 import csv
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -35,12 +35,9 @@ class Seq2Seq(Task):
         eos_id: int = 2,
         label_smoothing: float = 0.0,
         grad_clip: float | None = 1.0,
-        lr: float = 1.0e-3,
-        weight_decay: float = 1.0e-2,
-        warmup: float = 0.1,
-        schedule: Literal["cosine", "constant"] = "cosine",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        super().__init__(net, **kwargs)
         if not (hasattr(net, "encode") and hasattr(net, "decode")):
             raise ConfigError(f"Seq2Seq needs an encoder-decoder net (encode, decode); got {type(net).__name__}.")
         self.pad_id = pad_id

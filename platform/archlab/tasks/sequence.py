@@ -5,7 +5,7 @@ SequenceTagging: a class per step (copy memory), cross-entropy over every step; 
 steps, where the answer is (all steps when `answer_len` is None).
 """
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -26,13 +26,12 @@ class SequenceRegression(Task):
         self,
         net: nn.Module,
         *,
-        lr: float = 1.0e-3,
         weight_decay: float = 0.0,
         warmup: float = 0.05,
-        schedule: Literal["cosine", "constant"] = "cosine",
         grad_clip: float | None = 1.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        super().__init__(net, weight_decay=weight_decay, warmup=warmup, **kwargs)
         self.grad_clip = grad_clip
         metrics = MetricCollection({"mse": MeanSquaredError()})
         self.train_metrics = metrics.clone(prefix="train/")
@@ -72,13 +71,12 @@ class SequenceTagging(Task):
         *,
         num_classes: int | None = None,
         answer_len: int | None = None,
-        lr: float = 1.0e-3,
         weight_decay: float = 0.0,
         warmup: float = 0.05,
-        schedule: Literal["cosine", "constant"] = "cosine",
         grad_clip: float | None = 1.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule)
+        super().__init__(net, weight_decay=weight_decay, warmup=warmup, **kwargs)
         num_classes = num_classes or getattr(net, "num_classes", None)
         if not num_classes or num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2; got {num_classes}.")
