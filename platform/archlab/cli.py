@@ -104,10 +104,16 @@ class ArchlabCLI(LightningCLI):
         if not cfg.experiment:
             sources = cfg.get("config") or []
             cfg.experiment = Path(str(sources[0])).stem if sources else "archlab"
-        link_data_shapes(cfg)
+        self.data = link_data_shapes(cfg)
         check_net(cfg)
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else tracking.make_run_dir(cfg.runs_root, cfg.experiment)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # Train with the very DataModule whose shapes built the model: a second instance may differ (a subword
+        # vocabulary trained again need not come out the same size).
+        self.datamodule = self.data
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         cfg = self.config[self.subcommand]
@@ -183,7 +189,7 @@ def has_stage(datamodule: L.LightningDataModule, stage: str) -> bool:
     return hook is not None and hook is not getattr(L.LightningDataModule, f"{stage}_dataloader")
 
 
-def link_data_shapes(cfg: Namespace) -> None:
+def link_data_shapes(cfg: Namespace) -> L.LightningDataModule:
     """Copy the DataModule's shapes (in_channels, num_classes, vocab_size...) into the task and its net.
 
     jsonargparse's link_arguments needs one fixed target key, but nets differ in which shapes they take, so the
@@ -193,7 +199,7 @@ def link_data_shapes(cfg: Namespace) -> None:
     data = instantiate(cfg.data)
     shapes = getattr(data, "shapes", None)
     if not shapes:
-        return
+        return data
     targets = [("model", cfg.model)]
     net = cfg.model.init_args.get("net") if cfg.model.get("init_args") else None
     if isinstance(net, Namespace) and net.get("class_path"):
@@ -210,6 +216,7 @@ def link_data_shapes(cfg: Namespace) -> None:
                     f"Remove {prefix}.{key} from the config: the DataModule sets it."
                 )
             target.init_args[key] = value
+    return data
 
 
 def check_net(cfg: Namespace) -> None:
