@@ -22,11 +22,11 @@ import torchvision
 from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
-from archlab.data.vision import TensorBatchDataset, channel_stats, whole_batch
+from archlab.data.vision import SplitLoaders, TensorBatchDataset, channel_stats
 from archlab.errors import ConfigError, DatasetNotFoundError
 
 # Training images sampled to estimate the channel mean/std of file-backed sources.
@@ -73,7 +73,7 @@ def augment_pair(
     return x, ym.squeeze(1).round().long()
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
     """Splits, loaders and on-device float/augment/normalise for (image, mask) pairs."""
 
     name: str
@@ -141,31 +141,6 @@ class SegmentationDataModule(L.LightningDataModule):
                 generator = torch.Generator().manual_seed(self.seed)
                 sample = torch.randperm(len(train), generator=generator)[:STATS_SAMPLES].tolist()
                 self.mean, self.std = channel_stats(torch.stack([train[i][0] for i in sample]))
-
-    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
-        if self._datasets is None:
-            raise RuntimeError(f"{self.name}: call setup() before asking for the {split} data")
-        dataset = self._datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=whole_batch if isinstance(dataset, TensorBatchDataset) else None,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         x, y = batch

@@ -145,7 +145,45 @@ def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean.float(), std.float()
 
 
-class VisionDataModule(L.LightningDataModule):
+class SplitLoaders:
+    """train / val / test / predict loaders over `self._datasets`, one slice per batch where a split is in memory."""
+
+    name: str
+    batch_size: int
+    num_workers: int
+    _datasets: dict[str, Dataset] | None
+
+    def _dataset(self, split: str) -> Any:
+        if self._datasets is None:
+            raise RuntimeError(f"{self.name}: call setup() before asking for the {split} data")
+        return self._datasets[split]
+
+    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
+        dataset = self._dataset(split)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=whole_batch if isinstance(dataset, TensorBatchDataset) else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split as (x, y) batches, like every other loader, so predictions can be scored."""
+        return self._loader("test", shuffle=False)
+
+
+class VisionDataModule(SplitLoaders, L.LightningDataModule):
     """Seeded splits, batch-sliced loaders and on-device float/augment/normalise for image classification."""
 
     name: str
@@ -291,35 +329,6 @@ class VisionDataModule(L.LightningDataModule):
 
     def _fit_stats(self) -> tuple[Tensor, Tensor]:
         return channel_stats(self._dataset("train").x)
-
-    def _dataset(self, split: str) -> Any:
-        if self._datasets is None:
-            raise RuntimeError(f"{self.name}: call setup() before asking for the {split} data")
-        return self._datasets[split]
-
-    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
-        dataset = self._dataset(split)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=whole_batch if isinstance(dataset, TensorBatchDataset) else None,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test split as (x, y) batches, like every other loader, so predictions can be scored."""
-        return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         x, y = batch
