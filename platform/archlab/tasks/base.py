@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
 
 from archlab.errors import ConfigError
 
@@ -47,6 +48,17 @@ class Task(L.LightningModule):
 
     def step(self, batch: tuple[Tensor, ...], stage: Stage) -> Tensor:
         raise NotImplementedError
+
+    def set_metrics(self, metrics: dict[str, Metric]) -> None:
+        """One torchmetrics collection per stage (`train_metrics`, `val_metrics`, `test_metrics`), keyed <stage>/..."""
+        collection = MetricCollection(metrics)
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_metrics", collection.clone(prefix=f"{stage}/"))
+
+    def log_stage(self, stage: Stage, loss: Tensor, batch_size: int) -> None:
+        """Log `<stage>/loss` (also per step in training) and the stage's metrics, computed per epoch."""
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log_dict(getattr(self, f"{stage}_metrics"), on_step=False, on_epoch=True, prog_bar=stage != "train")
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         return self.step(batch, "train")

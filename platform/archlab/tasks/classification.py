@@ -5,7 +5,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from archlab.errors import ConfigError
@@ -44,10 +43,7 @@ class Classification(Task):
         metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
         if num_classes >= 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-        metrics = MetricCollection(metrics)
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.set_metrics(metrics)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.net(x)
@@ -63,10 +59,8 @@ class Classification(Task):
         else:
             logits = out
             loss = self.cross_entropy(logits, y)
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.detach(), y)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        getattr(self, f"{stage}_metrics").update(logits.detach(), y)
+        self.log_stage(stage, loss, batch_size=len(y))
         return loss
 
     def cross_entropy(self, logits: Tensor, y: Tensor) -> Tensor:

@@ -10,7 +10,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchmetrics import MetricCollection
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
 from archlab.errors import ConfigError
@@ -68,16 +67,13 @@ class Segmentation(Task):
         self.include_background = include_background
         self.overlay_every_n_epochs = overlay_every_n_epochs
         self.overlay_images = overlay_images
-        metrics = MetricCollection(
+        self.set_metrics(
             {
                 # Every class, background included; the mean is taken in `log_metrics`.
                 "dice": DiceScore(num_classes, average="none", aggregation_level="global", input_format="index"),
                 "iou": MeanIoU(num_classes, per_class=True, input_format="index"),
             }
         )
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
         self._overlay_batch: tuple[Tensor, Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:

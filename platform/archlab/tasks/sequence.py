@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchmetrics import MeanSquaredError, MetricCollection
+from torchmetrics import MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
 from archlab.errors import ConfigError
@@ -33,19 +33,14 @@ class SequenceRegression(Task):
     ) -> None:
         super().__init__(net, weight_decay=weight_decay, warmup=warmup, **kwargs)
         self.grad_clip = grad_clip
-        metrics = MetricCollection({"mse": MeanSquaredError()})
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.set_metrics({"mse": MeanSquaredError()})
 
     def step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
         x, y = batch
         pred = self.net(x)  # (B, 1)
         loss = F.mse_loss(pred, y)
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(pred.detach(), y)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        getattr(self, f"{stage}_metrics").update(pred.detach(), y)
+        self.log_stage(stage, loss, batch_size=len(y))
         return loss
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -84,20 +79,15 @@ class SequenceTagging(Task):
             raise ConfigError(f"model.answer_len must be >= 1 or null (every step); got {answer_len}.")
         self.answer_len = answer_len
         self.grad_clip = grad_clip
-        metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro")})
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.set_metrics({"acc": MulticlassAccuracy(num_classes, average="micro")})
 
     def step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
         x, y = batch
         logits = self.net(x)  # (B, T, num_classes)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         answer = slice(-self.answer_len, None) if self.answer_len else slice(None)
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits[:, answer].detach().flatten(0, 1), y[:, answer].flatten())
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        getattr(self, f"{stage}_metrics").update(logits[:, answer].detach().flatten(0, 1), y[:, answer].flatten())
+        self.log_stage(stage, loss, batch_size=len(y))
         return loss
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
