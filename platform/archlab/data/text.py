@@ -220,6 +220,18 @@ class TextDataModule(L.LightningDataModule):
     def decode(self, ids: Sequence[int]) -> str:
         return self.vocabulary.decode(ids)
 
+    def loader(self, split: str) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
 
 def split_documents(names: list[str], *, val_fraction: float, test_fraction: float, seed: int, name: str):
     n = len(names)
@@ -347,15 +359,6 @@ class TextCorpus(TextDataModule):
         windows = Windows(self.tokens[split], self.seq_len, jitter=split == "train", wrap=self.wrap)
         return DataLoader(windows, batch_size=self.batch_size, shuffle=split == "train")
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
-
     def predict_dataloader(self) -> DataLoader:
         prompt = torch.tensor(self.vocabulary.encode(self.prompt)).repeat(self.num_samples, 1)  # (num_samples, P)
         return DataLoader([(prompt,)], batch_size=None)
@@ -426,15 +429,6 @@ class TextClassification(TextDataModule):
         return DataLoader(
             self.datasets[split], batch_size=self.batch_size, shuffle=split == "train", collate_fn=whole_batch
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         return self.loader("test")
