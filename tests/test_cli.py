@@ -1,5 +1,6 @@
 """The `archlab` command end to end, in subprocesses, as a user runs it."""
 
+import functools
 import os
 import re
 import subprocess
@@ -188,3 +189,134 @@ def test_tensorboard_tracker_writes_event_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "runs")
     assert list(run.glob("events.out.tfevents.*"))
+
+
+TINY_BERT = [
+    "--model.net.dim", "32", "--model.net.num_layers", "1", "--model.net.num_heads", "2",
+    "--data.vocab_size", "300", "--data.seq_len", "32",
+]  # fmt: skip
+SHORT = ["--tracker", "csv", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (short) bert_mlm pre-training run: its checkpoint and tokenizer.json."""
+    # fast_dev_run writes no checkpoint (Lightning turns checkpointing off in it), so: one epoch of two batches.
+    cwd = tmp_path_factory.mktemp("mlm")
+    result = archlab(
+        "fit", "-c", str(ROOT / "configs/bert_mlm.yaml"), *SHORT, *TINY_BERT, "--trainer.limit_val_batches", "1",
+        "--test_after_fit", "false", "--run_dir", str(cwd / "mlm"), cwd=cwd,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (cwd / "mlm/checkpoints/best.ckpt").is_file() and (cwd / "mlm/tokenizer.json").is_file()
+    return cwd / "mlm"
+
+
+def test_each_thing_is_built_once_per_command(mlm_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from archlab import cli
+    from archlab.data import TopicClassification
+    from archlab.data.text import Vocabulary
+    from archlab.models import BERT
+
+    counts = {"data": 0, "vocabulary": 0, "net": 0, "weights": 0}
+
+    def counting(key, fn):
+        @functools.wraps(fn)  # keeps the signature that jsonargparse reads
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(TopicClassification, "__init__", counting("data", TopicClassification.__init__))
+    monkeypatch.setattr(BERT, "__init__", counting("net", BERT.__init__))
+    monkeypatch.setattr(Vocabulary, "train", classmethod(counting("vocabulary", Vocabulary.train.__func__)))
+    init_from = mlm_run / "checkpoints/best.ckpt"
+    real_load = torch.load
+
+    def load(f, *args, **kwargs):
+        counts["weights"] += Path(str(f)) == init_from
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    monkeypatch.chdir(tmp_path)
+    result = cli.run(
+        ["fit", "-c", str(ROOT / "configs/bert_topics.yaml"), *SHORT, *TINY_BERT, "--init_from", str(init_from)]
+    )
+    assert counts == {"data": 1, "vocabulary": 1, "net": 1, "weights": 1}
+    assert result.best_score is not None and result.monitor == "val/acc"
+
+
+def test_fine_tuned_run_needs_only_its_own_directory(mlm_run: Path, tmp_path: Path) -> None:
+    init_from = mlm_run / "checkpoints/best.ckpt"
+    fit = archlab(
+        "fit", "-c", str(ROOT / "configs/bert_topics.yaml"), *SHORT, *TINY_BERT, "--init_from", str(init_from),
+        "--data.vocab_path", str(mlm_run / "tokenizer.json"), "--run_dir", str(tmp_path / "ft"), cwd=tmp_path,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    # The encoder came from the checkpoint, the classification head starts fresh: both are listed.
+    assert re.search(r"init_from .*: \d+ tensors loaded; 4 fresh .*pooler.*classifier.*unused: mlm_", fit.stderr)
+    ft = tmp_path / "ft"
+    import torch
+
+    pre = torch.load(init_from, weights_only=True)["state_dict"]
+    tuned = torch.load(ft / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert "net.blocks.0.ffn.fc1.weight" in tuned and "net.classifier.1.weight" in tuned
+    saved = yaml.safe_load((ft / "config.yaml").read_text())
+    assert saved["init_from"] is None and saved["run_dir"] is None
+    assert saved["data"]["init_args"]["vocab_path"] == str(ft / "tokenizer.json")
+    # Two AdamW steps at lr 5e-4 move a weight by about 1e-3; a fresh initialisation (std 0.02) would differ by ~0.1.
+    for key in ("net.token_embedding.weight", "net.blocks.0.ffn.fc1.weight"):
+        assert (tuned[key] - pre[key]).abs().max() < 0.01, key
+
+    moved = tmp_path / "moved"
+    mlm_run.rename(moved)  # the pre-training run is gone
+    try:
+        ckpt = str(ft / "checkpoints/best.ckpt")
+        tested = archlab("test", "-c", str(ft / "config.yaml"), "--ckpt_path", ckpt, "--tracker", "csv", cwd=tmp_path)
+        assert tested.returncode == 0, tested.stderr[-3000:]
+        assert "test/acc" in tested.stdout
+        predicted = archlab(
+            "predict", "-c", str(ft / "config.yaml"), "--ckpt_path", ckpt, "--tracker", "csv", cwd=tmp_path
+        )
+        assert predicted.returncode == 0, predicted.stderr[-3000:]
+        (csv_path,) = (tmp_path / "runs").glob("bert_topics/*/predictions.csv")
+        assert csv_path.read_text().splitlines()[0] == "index,label,confidence,target"
+    finally:
+        moved.rename(mlm_run)
+    assert yaml.safe_load((ft / "config.yaml").read_text()) == saved  # test and predict wrote their own runs
+
+
+def test_init_from_a_checkpoint_that_does_not_fit_lists_the_keys(mlm_run: Path, tmp_path: Path) -> None:
+    init_from = str(mlm_run / "checkpoints/best.ckpt")
+    wider = [*TINY_BERT[:1], "64", *TINY_BERT[2:]]  # --model.net.dim 64 against a dim-32 checkpoint
+    result = archlab("fit", "-c", str(ROOT / "configs/bert_topics.yaml"), *SHORT, *wider, "--init_from", init_from,
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "token_embedding.weight (300, 32) vs (300, 64)" in result.stderr or "vs (" in result.stderr
+    missing = archlab("fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), *SHORT, "--init_from",
+                      str(tmp_path / "nowhere.ckpt"), cwd=tmp_path)  # fmt: skip
+    assert missing.returncode == 2 and "nowhere.ckpt" in missing.stderr and "does not exist" in missing.stderr
+    assert not (tmp_path / "runs").exists()  # stopped before a run started
+
+
+def test_the_users_checkpoint_callback_and_enable_checkpointing_are_honoured(tmp_path: Path) -> None:
+    top3 = archlab(
+        "fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--tracker", "csv", "--trainer.max_epochs", "4",
+        "--model.net.channels", "[8]", "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_top_k", "3",
+        "--trainer.callbacks.monitor", "val/loss", "--run_dir", str(tmp_path / "top3"), cwd=tmp_path,
+    )  # fmt: skip
+    assert top3.returncode == 0, top3.stderr[-3000:]
+    assert len(list((tmp_path / "top3/checkpoints").glob("epoch=*.ckpt"))) == 3
+    assert not (tmp_path / "top3/checkpoints/best.ckpt").exists()  # archlab's own callback stepped aside
+    off = archlab(
+        "fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--tracker", "csv", "--trainer.max_epochs", "2",
+        "--model.net.channels", "[8]", "--trainer.enable_checkpointing", "false", "--run_dir", str(tmp_path / "off"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert off.returncode == 0, off.stderr[-3000:]
+    assert "test/acc" in off.stdout  # tested the final weights
+    assert not list((tmp_path / "off").rglob("*.ckpt"))

@@ -1,6 +1,6 @@
 import pytest
 
-from archlab import tracking
+from archlab import rundir, tracking
 
 
 def test_mask_url_hides_the_password_only():
@@ -48,8 +48,8 @@ def test_wandb_is_offline_without_credentials(env, netrc, offline, monkeypatch, 
 
 
 def test_run_dirs_are_unique_per_run(tmp_path, monkeypatch):
-    monkeypatch.delenv(tracking.RUN_DIR_ENV, raising=False)
-    first = tracking.make_run_dir(tmp_path, "exp")
-    second = tracking.make_run_dir(tmp_path, "exp")
+    monkeypatch.delenv(rundir.RUN_DIR_ENV, raising=False)
+    first = rundir.new_run_dir(tmp_path, "exp").root
+    second = rundir.new_run_dir(tmp_path, "exp").root
     assert first != second and first.parent == second.parent == tmp_path / "exp"
     assert first.is_dir() and second.is_dir()

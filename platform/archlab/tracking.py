@@ -1,4 +1,4 @@
-"""Where a run lives and who records it: the run directory, the experiment tracker, and secret redaction.
+"""Who records a run: the experiment tracker, and secret redaction.
 
 W&B is the default tracker: online when the user has credentials, otherwise offline inside the run directory, to
 be uploaded later with `wandb sync`. CSV and TensorBoard are the alternatives; `none` records nothing.
@@ -7,7 +7,6 @@ be uploaded later with `wandb sync`. CSV and TensorBoard are the alternatives; `
 import netrc
 import os
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -16,7 +15,6 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from lightning.pytorch.loggers.logger import DummyLogger
 
 Tracker = Literal["wandb", "csv", "tensorboard", "none"]
-RUN_DIR_ENV = "ARCHLAB_RUN_DIR"
 # Whole key names only: `db_password`, `client_secret`, `api_key`, `auth_token` are secrets; `chars_per_token` is not.
 SECRET_KEY = re.compile(
     r"^(?:.*_)?(?:password|passwd|secret|secret_key|api_?key|credentials?)$"
@@ -40,25 +38,6 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return mask_url(value)
     return value
-
-
-def make_run_dir(runs_root: str | Path, experiment: str) -> Path:
-    """runs/<experiment>/<YYYYmmdd-HHMMSS>[-N], created; reused by the other ranks of a multi-process run."""
-    inherited = os.environ.get(RUN_DIR_ENV)
-    # Lightning's DDP launcher re-runs this command for ranks > 0 with LOCAL_RANK set and our environment inherited.
-    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
-        return Path(inherited)
-    base = Path(runs_root) / experiment / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir, n = base, 0
-    while True:
-        try:
-            run_dir.mkdir(parents=True)
-            break
-        except FileExistsError:
-            n += 1
-            run_dir = base.with_name(f"{base.name}-{n}")
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    return run_dir
 
 
 def wandb_has_credentials() -> bool:

@@ -8,22 +8,21 @@ At the BERT-base shape (`bert_base`: 12 layers, 768 dim, 12 heads, 3072 hidden, 
 encoder and pooler hold 109,482,240 parameters, the paper's "110M"; `hf_to_archlab` maps a Hugging Face
 `BertModel` state dict onto ours, and the two give identical hidden states (tests/models/test_sequence_models.py).
 
-`pretrained` names an archlab checkpoint (a `.ckpt` written by `archlab fit`, e.g. of configs/bert_mlm.yaml) whose
-encoder initialises this one; the head that the checkpoint lacks (or that this net does not use) starts fresh.
+Fine-tuning starts from a pre-training run's weights with `archlab fit --init_from RUN/checkpoints/best.ckpt`: the
+encoder's weights load, the head the checkpoint lacks starts fresh. This module never reads a file.
 """
 
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from archlab.errors import ConfigError, DatasetNotFoundError
+from archlab.errors import ConfigError
 from archlab.models.transformer import TransformerBlock, check_length, check_shape, init_weights, padding_mask
 
 # BERT's LayerNorm epsilon (the reference TensorFlow code's 1e-12).
 NORM_EPS = 1.0e-12
-# The parts of a BERT that a pretrained checkpoint supplies; the heads are task-specific.
+# The encoder: what BERT's size counts and what pre-training passes on; the heads are task-specific.
 ENCODER_PREFIXES = ("token_embedding.", "position_embedding.", "segment_embedding.", "embedding_norm.", "blocks.")
 
 
@@ -44,7 +43,6 @@ class BERT(nn.Module):
         hidden_dim: int | None = None,
         num_segments: int = 2,
         dropout: float = 0.1,
-        pretrained: str | None = None,
     ) -> None:
         """`num_classes` None: a masked-LM net, forward gives (B, T, vocab_size) logits; an integer: a classifier
         over the [CLS] token, forward gives (B, num_classes). `hidden_dim` defaults to 4 * dim."""
@@ -80,8 +78,6 @@ class BERT(nn.Module):
         init_weights(self)
         if num_classes is None:
             self.mlm_decoder.weight = self.token_embedding.weight
-        if pretrained is not None:
-            self.load_pretrained(pretrained)
 
     def encode(self, ids: Tensor, segments: Tensor | None = None) -> Tensor:
         """(B, T) token ids [, (B, T) segment ids] -> (B, T, dim) hidden states; pad tokens are never attended."""
@@ -103,36 +99,6 @@ class BERT(nn.Module):
         if self.num_classes is None:
             return self.mlm_decoder(self.mlm_transform(hidden))  # (B, T, vocab_size)
         return self.classifier(self.pool(hidden))  # (B, num_classes)
-
-    def load_pretrained(self, path: str) -> None:
-        """Initialise the encoder from an archlab checkpoint (`state_dict` keys `net.<...>`) or a plain state dict."""
-        file = Path(path)
-        if not file.is_file():
-            raise DatasetNotFoundError(
-                f"BERT: pretrained checkpoint {file.resolve()} does not exist; pass the path of a .ckpt written by "
-                "`archlab fit` (e.g. runs/bert_mlm/<time>/checkpoints/best.ckpt)."
-            )
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-        state = checkpoint.get("state_dict", checkpoint)
-        if any(key.startswith("net.") for key in state):
-            state = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
-        own = self.state_dict()
-        wanted = [key for key in own if key.startswith(ENCODER_PREFIXES)]
-        missing = [key for key in wanted if key not in state]
-        mismatched = [
-            f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
-            for key in wanted
-            if key in state and state[key].shape != own[key].shape
-        ]
-        if missing or mismatched:
-            raise ConfigError(
-                f"BERT: pretrained checkpoint {file} does not fit this net. Missing keys ({len(missing)}): "
-                f"{', '.join(missing[:20]) or 'none'}{' ...' if len(missing) > 20 else ''}. Mismatched shapes "
-                f"(checkpoint vs net): {', '.join(mismatched[:20]) or 'none'}. The checkpoint must come from a BERT "
-                "of the same dim, num_layers, num_heads, hidden_dim, max_len and vocabulary (pass the pre-training "
-                "run's vocabulary with --data.vocab_path)."
-            )
-        self.load_state_dict({key: state[key] for key in wanted}, strict=False)
 
 
 bert_base = partial(BERT, vocab_size=30522, max_len=512, dim=768, num_heads=12, num_layers=12, hidden_dim=3072)

@@ -3,17 +3,15 @@
 A task is the LightningModule for one training objective; the architecture arrives as `net`, a plain nn.Module.
 """
 
-import csv
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from archlab.errors import ConfigError
+from archlab.predictions import Images, Table, Texts
 
 Stage = Literal["train", "val", "test"]
 
@@ -95,16 +93,10 @@ class Task(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def configure_callbacks(self) -> list[L.Callback]:
-        dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
-        return [ModelCheckpoint(dirpath=dirpath, monitor=self.monitor, mode=self.mode, filename="best", save_last=True)]
+    def check_data(self, datamodule: L.LightningDataModule) -> None:
+        """Raise a ConfigError when this task cannot train on `datamodule`. The CLI calls it once, after building the
+        data and before the run starts; checks on the data never run per step."""
 
-    def write_predictions(self, outputs: list[dict[str, Tensor]], run_dir: Path) -> Path:
-        """Write what `predict_step` returned (1-d tensors per key) to run_dir/predictions.csv, a row per sample."""
-        columns = {key: torch.cat([batch[key] for batch in outputs]).tolist() for key in outputs[0]}
-        path = Path(run_dir) / "predictions.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", *columns])
-            writer.writerows([i, *row] for i, row in enumerate(zip(*columns.values(), strict=True)))
-        return path
+    def predictions(self, outputs: list[dict[str, Tensor]]) -> Table | Images | Texts:
+        """What `predict_step` returned (1-d tensors per key) as a table with a row per sample."""
+        return Table({key: torch.cat([batch[key] for batch in outputs]).tolist() for key in outputs[0]})

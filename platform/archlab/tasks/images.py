@@ -7,6 +7,8 @@ import torch
 import torchvision
 from torch import Tensor
 
+from archlab.rundir import RunDir
+
 # Colours of classes 1, 2, ... in overlays (class 0, the background, stays uncoloured).
 PALETTE = torch.tensor(
     [[1.0, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.4, 1.0], [1.0, 0.8, 0.1], [0.9, 0.2, 0.9], [0.1, 0.9, 0.9]]
@@ -45,7 +47,7 @@ def log_grid(module: L.LightningModule, key: str, image: Tensor) -> Path | None:
         logger.log_image(key=key, images=[image], step=module.global_step)
     if takes_images:
         return None
-    path = Path(trainer.default_root_dir) / "images" / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png"
+    path = RunDir(trainer.default_root_dir).image(key, trainer.current_epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
     torchvision.utils.save_image(image, path)
     return path
