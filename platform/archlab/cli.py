@@ -133,7 +133,8 @@ class ArchlabCLI(LightningCLI):
                 "--init_from and --ckpt_path exclude each other: --ckpt_path continues that run (its weights, "
                 "optimizer and epoch), --init_from starts a new run from a checkpoint's net weights; give one."
             )
-        self.built = build(cfg, init_from=cfg.init_from)
+        # The task is left to LightningCLI's instantiation, which records the config as its hyperparameters.
+        self.built = build(cfg, init_from=cfg.init_from, task=False)
         # This run's own files, not the sources it was built from: test and predict of it need only its directory.
         cfg.init_from = None
         if getattr(self.built.data, "vocabulary", None) is not None and "vocab_path" in cfg.data.init_args:
@@ -276,13 +277,13 @@ def build(
     *,
     data: L.LightningDataModule | None = None,
     init_from: str | None = None,
-    task: bool = False,
+    task: bool = True,
     meta: bool = False,
 ) -> Built:
     """Build a `fit`/`test`/... config's DataModule (unless `data` is given) and net, once.
 
     The data's shapes are linked into `cfg` first; with `init_from`, the net's weights are read from that file;
-    with `task`, the task is built around the net as well; with `meta`, net and task are built on the meta device
+    with `task` (the default), the task is built around the net as well; with `meta`, net and task are built on the meta device
     (no memory, no initialisation), which checks every argument at the cost of a constructor call. Errors are
     archlab's own one-paragraph ones: built here rather than inside jsonargparse's instantiation, they are not folded
     into a union-validation message.
