@@ -283,10 +283,10 @@ def build(
     """Build a `fit`/`test`/... config's DataModule (unless `data` is given) and net, once.
 
     The data's shapes are linked into `cfg` first; with `init_from`, the net's weights are read from that file;
-    with `task` (the default), the task is built around the net as well; with `meta`, net and task are built on the meta device
-    (no memory, no initialisation), which checks every argument at the cost of a constructor call. Errors are
-    archlab's own one-paragraph ones: built here rather than inside jsonargparse's instantiation, they are not folded
-    into a union-validation message.
+    with `task` (the default), the task is built around the net as well; with `meta`, net and task are built on the
+    meta device (no memory, no initialisation), which checks every argument at the cost of a constructor call.
+    Errors are archlab's own one-paragraph ones: built here rather than inside jsonargparse's instantiation, they are
+    not folded into a union-validation message.
     """
     data = data if data is not None else instantiate(cfg.data)
     link_data_shapes(cfg, data)
