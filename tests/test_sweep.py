@@ -1,14 +1,19 @@
-"""`archlab sweep`: trials through the real CLI, pruning, resumption after SIGKILL, SIGTERM, workers on PostgreSQL."""
+"""`archlab sweep`: trials through the real CLI, pruning, failures and exit codes, lost workers, the trial cap, the
+space check before trial 0, and nothing leaking between in-process trials."""
 
 import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 
+import lightning as L
 import optuna
 import pytest
 import yaml
@@ -17,6 +22,10 @@ from optuna.trial import TrialState
 from archlab import cli as archlab_cli
 from archlab import sweep as archlab_sweep
 from archlab.cli import main as archlab_main
+from archlab.sweep import settings as sweep_settings
+from archlab.sweep import space as sweep_space
+from archlab.sweep import storage as sweep_storage
+from archlab.sweep import workers as sweep_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny CNN and short runs: these tests check the sweep machinery, not accuracy.
@@ -73,6 +82,11 @@ def sqlite_study(tmp_path: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/runs/{name}/study.db")
 
 
+def journal_study(path: Path, name: str) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 def states(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     return {s.name: n for s in TrialState if (n := sum(t.state == s for t in trials))}
@@ -89,6 +103,19 @@ def wait_for(predicate, *, timeout: float = 240, proc: subprocess.Popen | None =
                 return
         time.sleep(0.3)
     raise AssertionError("timed out")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_every_trial_ran(study: optuna.Study) -> None:
+    """Each trial of the study trained: it has a run directory with its resolved config and reported epochs."""
+    for trial in study.trials:
+        assert (Path(trial.user_attrs["run_dir"]) / "config.yaml").is_file(), trial
+        assert trial.intermediate_values, trial
 
 
 def test_two_trial_sweep_end_to_end_and_the_best_config_reproduces_its_trial(
@@ -116,6 +143,8 @@ def test_two_trial_sweep_end_to_end_and_the_best_config_reproduces_its_trial(
         data = record.read_bytes()
         assert f"e2e/trial-{trial.number:04d}".encode() in data and b"e2e" in data
         assert repr(trial.params["model.lr"]).encode()[:8] in data  # the sampled value is in the run's config
+        # The trial's value is its run's best val/acc, the best of the values it reported per epoch.
+        assert trial.value == pytest.approx(max(trial.intermediate_values.values()), abs=1e-6)
     assert len(run_ids) == 2
 
     best_config = tmp_path / "runs/e2e/best.yaml"
@@ -125,7 +154,7 @@ def test_two_trial_sweep_end_to_end_and_the_best_config_reproduces_its_trial(
     assert saved["run_dir"] is None and saved["ckpt_path"] is None
     monkeypatch.chdir(tmp_path)
     fit = archlab_cli.run(["fit", "-c", str(best_config), "--tracker", "csv"])  # the same seed, config and run
-    assert fit.results["best val/acc"] == pytest.approx(best.value, abs=1e-6)
+    assert fit.best_score == pytest.approx(best.value, abs=1e-6)
 
 
 def test_pruning_stops_trials_in_a_bad_region(tmp_path: Path) -> None:
@@ -159,6 +188,71 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path:
     assert failed.user_attrs["fail_reason"] == "TrialFailed: val/loss is nan at epoch 0: the run diverged"
 
 
+def test_a_sweep_whose_every_trial_fails_exits_with_code_4(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_sweep(
+        tmp_path, "allfail", space={"model.lr": {"type": "categorical", "choices": [1.0e30, 1.0e31]}},
+        sampler="grid", metric="val/loss", direction="minimize",
+    )  # fmt: skip
+    assert archlab_main(["sweep", "-c", str(path)]) == archlab_sweep.EXIT_NO_TRIAL_COMPLETED == 4
+    out, err = capsys.readouterr()
+    assert states(sqlite_study(tmp_path, "allfail")) == {"FAIL": 2}
+    assert "best:       none: no trial completed" in out
+    assert "no trial of study allfail completed" in err
+    assert out.count("the run diverged") == 2  # each trial's reason in the summary
+
+
+def test_a_programming_error_in_a_trial_stops_the_sweep_with_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Bug(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            raise ZeroDivisionError("a bug in a callback")
+
+    real_run = archlab_cli.run
+    monkeypatch.setattr(archlab_cli, "run", lambda args, *, callbacks: real_run(args, callbacks=[*callbacks, Bug()]))
+    path = write_sweep(tmp_path, "bug", n_trials=3)
+    argv = sys.argv[:]
+    handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
+    # Not a usage error (exit 2) and not a failed trial the sweep skips: the exception itself, out of `archlab`.
+    with pytest.raises(ZeroDivisionError, match="a bug in a callback"):
+        archlab_main(["sweep", "-c", str(path)])
+    study = sqlite_study(tmp_path, "bug")
+    assert states(study) == {"FAIL": 1}  # recorded, and no further trial started
+    assert study.trials[0].user_attrs["fail_reason"] == "ZeroDivisionError: a bug in a callback"
+    assert sys.argv == argv
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers
+
+
+def test_in_process_trials_leak_no_environment_variables_warnings_filters_or_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+    real_run = archlab_cli.run
+
+    def polluting_run(args: list[str], *, callbacks: list[L.Callback]) -> archlab_cli.ArchlabCLI:
+        seen.append((dict(os.environ), list(warnings.filters)))
+        os.environ["ARCHLAB_LEAK"] = args[args.index("--run_dir") + 1]
+        os.environ["WANDB_MODE"] = "disabled"
+        os.environ.pop("WANDB_SILENT", None)
+        warnings.filterwarnings("ignore", message="leaked filter")
+        return real_run(args, callbacks=callbacks)
+
+    monkeypatch.setattr(archlab_cli, "run", polluting_run)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    path = write_sweep(tmp_path, "leak", n_trials=2)
+    environ, filters = dict(os.environ), list(warnings.filters)
+    # The password is masked in sys.argv while the sweep runs (W&B records it) and sys.argv is restored after.
+    argv = [*sys.argv, "--storage", "postgresql://u:hunter2@h/db"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    assert archlab_sweep.main(["-c", str(path)]) == 0
+    assert states(sqlite_study(tmp_path, "leak")) == {"COMPLETE": 2}
+    assert len(seen) == 2
+    assert seen[1] == seen[0]  # the second trial starts where the first did
+    assert dict(os.environ) == environ
+    assert warnings.filters == filters
+    assert sys.argv == argv
+
+
 def test_sigkill_mid_trial_then_rerun_resumes_the_retry_from_its_checkpoint(tmp_path: Path) -> None:
     path = write_sweep(
         tmp_path, "kill", n_trials=1, heartbeat_interval=1, grace_period=3, fixed={"trainer.max_epochs": 40}
@@ -180,12 +274,70 @@ def test_sigkill_mid_trial_then_rerun_resumes_the_retry_from_its_checkpoint(tmp_
     assert states(study) == {"FAIL": 1, "COMPLETE": 1}
     killed, retry = study.trials
     assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
-    assert retry.system_attrs["failed_trial"] == killed.number
+    assert sweep_storage.retried_number(retry) == killed.number
     assert retry.params == killed.params
     assert retry.user_attrs["resumed_from"] == str(tmp_path / "runs/kill/trial-0000/checkpoints/last.ckpt")
     assert retry.user_attrs["restored_global_step"] > 0
     assert retry.user_attrs["run_dir"] == str(tmp_path / "runs/kill/trial-0001")
-    assert "trial 0 failed: its worker was lost (stale heartbeat); re-queued" in result.stdout
+    assert "trial 0 failed: its worker was lost; retried as trial 1" in result.stdout
+
+
+def test_sigkill_of_one_journal_worker_mid_trial_the_others_retry_its_trial(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, "jkill", n_trials=3, workers=2, fixed={"trainer.max_epochs": 12})
+    journal = tmp_path / "runs/jkill/journal.log"
+    proc = subprocess.Popen(
+        sweep_command("-c", str(path)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    victim = {}
+
+    def reported_twice() -> bool:
+        for trial in journal_study(journal, "jkill").get_trials(states=(TrialState.RUNNING,)):
+            if len(trial.intermediate_values) >= 2:  # its last.ckpt is on disk
+                victim.update(number=trial.number, pid=trial.user_attrs["worker"]["pid"])
+                return True
+        return False
+
+    try:
+        wait_for(reported_twice, proc=proc)
+        os.kill(victim["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:].decode()
+    assert b"was killed by SIGKILL; its trial is retried" in err
+    study = journal_study(journal, "jkill")
+    trials = study.trials
+    assert "RUNNING" not in states(study) and "WAITING" not in states(study)
+    killed = trials[victim["number"]]
+    assert killed.state == TrialState.FAIL
+    (retry,) = [t for t in trials if sweep_storage.retried_number(t) == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["resumed_from"] == str(Path(killed.user_attrs["run_dir"]) / "checkpoints/last.ckpt")
+    assert retry.user_attrs["worker"]["pid"] != victim["pid"]
+    # The retry takes the lost trial's place: three trials count, all of them ran, and only the lost one failed.
+    assert sweep_storage.counted(trials) == 3 and states(study) == {"COMPLETE": 3, "FAIL": 1}
+    assert f"trial {killed.number} failed: its worker was lost; retried as trial {retry.number}".encode() in out
+
+
+def test_a_journal_trial_whose_process_died_is_failed_and_retried_once(tmp_path: Path) -> None:
+    storage = sweep_storage.Storage(
+        f"journal:{tmp_path}/lost.log", workers=1, heartbeat_interval=10, grace_period=None, max_retry=3
+    )
+    # A grid of one point: failing its trial completes the grid, and GridSampler then asks the study to stop.
+    sampler = optuna.samplers.GridSampler({"x": [1.0]})
+    study = storage.open("lost", sampler=sampler, pruner=optuna.pruners.NopPruner(), direction="maximize")
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 2.0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": int(dead.stdout), "trial": trial.number})
+    alive = study.ask()
+    alive.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getppid(), "trial": alive.number})
+    for _ in range(2):  # a second look finds nothing more to do
+        storage.fail_lost_trials(study)
+    lost, running, retry = study.trials
+    assert (lost.state, running.state, retry.state) == (TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+    assert sweep_storage.retried_number(retry) == lost.number and retry.params == {"x": 1.0}
 
 
 def test_sigterm_marks_the_running_trial_failed_at_once(tmp_path: Path) -> None:
@@ -205,20 +357,55 @@ def test_sigterm_marks_the_running_trial_failed_at_once(tmp_path: Path) -> None:
     assert b"interrupted" in out
 
 
-def test_local_workers_share_a_journal_file(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, "local", n_trials=2, workers=2)
+def test_three_local_workers_share_a_journal_file_and_leave_no_trial_that_never_ran(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, "local", n_trials=4, workers=3)
     proc = subprocess.Popen(sweep_command("-c", str(path)), cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     stdout, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/local/journal.log"))
-    )
-    study = optuna.load_study(study_name="local", storage=storage)
-    assert states(study) == {"COMPLETE": 2}
-    assert proc.pid not in {t.user_attrs["pid"] for t in study.trials}  # run by the worker processes
-    assert len({t.params["model.lr"] for t in study.trials}) == 2  # distinct seeds per worker
-    assert "trials:     2 complete, 0 pruned, 0 failed, 0 running, 0 waiting" in stdout
-    assert sorted(p.name for p in (tmp_path / "runs/local").glob("worker-*.log")) == ["worker-0.log", "worker-1.log"]
+    study = journal_study(tmp_path / "runs/local/journal.log", "local")
+    trials = study.trials
+    # Workers that check the cap at the same instant may each start one more trial, never a trial that does not run.
+    assert set(states(study)) == {"COMPLETE"} and 4 <= len(trials) <= 6
+    assert_every_trial_ran(study)
+    assert proc.pid not in {t.user_attrs["worker"]["pid"] for t in trials}  # run by the worker processes
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) >= 2
+    assert len({t.params["model.lr"] for t in trials}) == len(trials)  # distinct seeds per worker
+    assert f"trials:     {len(trials)} complete, 0 pruned, 0 failed, 0 running, 0 waiting" in stdout
+    logs = sorted(p.name for p in (tmp_path / "runs/local").glob("worker-*.log"))
+    assert logs == ["worker-0.log", "worker-1.log", "worker-2.log"]
+
+
+def test_workers_that_pass_the_cap_check_together_create_no_trial_that_never_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tightest race: three workers count the study's trials at the same instant, all below the cap.
+    path = write_sweep(tmp_path, "race", n_trials=2, storage=f"journal:{tmp_path}/race.log")
+    barrier, first = threading.Barrier(3), threading.local()
+    counted = sweep_workers.counted
+
+    def counted_together(trials: list) -> int:
+        n = counted(trials)
+        if not getattr(first, "done", False):
+            first.done = True
+            barrier.wait(timeout=60)
+        return n
+
+    ran = []
+    monkeypatch.setattr(sweep_workers, "counted", counted_together)
+    monkeypatch.setattr(sweep_workers, "run_trial", lambda trial, settings: ran.append(trial.number) or 0.5)
+    sweeps = [sweep_settings.parse(["-c", str(path), "--worker_index", str(i)], []) for i in range(3)]
+    studies = [s.storage.open(s.study_name, sampler=s.sampler, pruner=s.pruner, direction=s.direction) for s in sweeps]
+    threads = [
+        threading.Thread(target=sweep_workers.Worker(s, study).work) for s, study in zip(sweeps, studies, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    trials = journal_study(tmp_path / "race.log", "race").trials
+    assert sorted(ran) == [t.number for t in trials]  # every trial in the study ran
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+    assert 2 <= len(trials) <= 4
 
 
 def test_three_workers_on_postgresql_and_the_password_never_leaks(tmp_path: Path) -> None:
@@ -247,17 +434,37 @@ def test_three_workers_on_postgresql_and_the_password_never_leaks(tmp_path: Path
         for proc, (out, err) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, err[-3000:].decode()
             assert db.password.encode() not in out + err
-        study = optuna.load_study(study_name="pg", storage=archlab_sweep.sqlalchemy_url(with_password))
-        assert states(study) == {"COMPLETE": 4}
+        study = optuna.load_study(study_name="pg", storage=sweep_storage.sqlalchemy_url(with_password))
         trials = study.trials
-        assert len({t.user_attrs["pid"] for t in trials}) >= 2  # the workers shared the study
-        retries = {t.number for t in trials if "failed_trial" in t.system_attrs}
-        params = [t.params["model.lr"] for t in trials if t.number not in retries]
+        assert set(states(study)) == {"COMPLETE"} and 4 <= len(trials) <= 6  # no trial that never ran
+        assert_every_trial_ran(study)
+        assert len({t.user_attrs["worker"]["pid"] for t in trials}) >= 2  # the workers shared the study
+        params = [t.params["model.lr"] for t in trials]
         assert len(params) == len(set(params))
         assert b"***@" in outputs[2][0]  # the summary shows the URL, masked
         for file in (tmp_path / "runs").rglob("*"):
             if file.is_file():
                 assert db.password.encode() not in file.read_bytes(), file
+
+
+@pytest.mark.parametrize("password_in", ["url", "PGPASSWORD"])
+def test_an_unreachable_postgresql_exits_with_code_3_and_never_shows_the_password(
+    password_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    password = "canary5f3a9e"
+    url = f"postgresql://sweeper@127.0.0.1:{closed_port()}/studies"
+    if password_in == "url":
+        url = url.replace("sweeper@", f"sweeper:{password}@")
+    else:
+        monkeypatch.setenv("PGPASSWORD", password)
+    path = write_sweep(tmp_path, "down")
+    code = archlab_main(["sweep", "-c", str(path), "--storage", url])
+    out, err = capsys.readouterr()
+    assert code == archlab_sweep.EXIT_STORAGE_UNREACHABLE == 3
+    assert "archlab sweep: error: cannot reach the storage postgresql://sweeper" in err
+    assert "127.0.0.1" in err and "OperationalError" in err
+    assert password not in out + err
+    assert not list((tmp_path / "runs").rglob("trial-*"))
 
 
 @pytest.mark.parametrize(
@@ -274,6 +481,16 @@ def test_three_workers_on_postgresql_and_the_password_never_leaks(tmp_path: Path
         ({"space": {"model.net.channels": {"type": "categorical", "choices": ["wide"]}}}, ["channels", "wide"]),
         ({"pruner_args": {"n_startup": 2}, "pruner": "median"}, ["pruner median", "n_startup"]),
         ({"metric": "val/loss"}, ["val/loss", "'val/acc'", "direction"]),
+        # A task argument, checked by building the task: only the range's upper end is out of range.
+        (
+            {"space": {"model.lr": LR, "model.warmup": {"type": "float", "low": 0.0, "high": 1.5}}},
+            ["space.model.warmup: the value 1.5 is rejected", "model.warmup", "[0, 1)"],
+        ),
+        # The net's own check, on the eighth of eight choices: every choice is probed, however many.
+        (
+            {"space": {"model.net.hidden_dim": {"type": "categorical", "choices": [8, 16, 24, 32, 40, 48, 56, 0]}}},
+            ["space.model.net.hidden_dim: the value 0 is rejected", "hidden_dim must be >= 1"],
+        ),
     ],
 )
 def test_invalid_sweeps_are_named_before_any_trial(
@@ -293,16 +510,50 @@ def test_a_resnet_depth_the_net_rejects_is_caught_before_any_trial(
 ) -> None:
     path = write_sweep(
         tmp_path, "depth", base=str(ROOT / "configs/resnet_digits.yaml"),
-        fixed={"model.net.channels": None, "model.net.hidden_dim": None},
-        space={"model.net.depth": {"type": "categorical", "choices": [8, 9]}},
+        space={"model.net.depth": {"type": "categorical", "choices": [8, 14, 20, 26, 32, 38, 44, 45]}},
     )  # fmt: skip
     spec = yaml.safe_load(path.read_text())
     spec["fixed"] = {k: v for k, v in spec["fixed"].items() if not k.startswith("model.net.")}
     path.write_text(yaml.safe_dump(spec))
     assert archlab_main(["sweep", "-c", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "depth" in err and "9" in err and "6n+2" in err
+    assert "space.model.net.depth: the value 45 is rejected" in err and "6n+2" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_probes_try_every_range_end_and_every_choice() -> None:
+    distributions = {
+        "model.lr": sweep_space.make_distribution("model.lr", LR),
+        "model.net.depth": sweep_space.make_distribution(
+            "model.net.depth", {"type": "categorical", "choices": [8, 14, 20, 26, 32]}
+        ),
+        "model.warmup": sweep_space.make_distribution("model.warmup", {"type": "float", "low": 0.1, "high": 0.1}),
+    }
+    probes = sweep_space.probes(distributions)
+    assert len(probes) == 5
+    assert {p["model.lr"] for p in probes} == {1.0e-3, 3.0e-2}
+    assert [p["model.net.depth"] for p in probes] == [8, 14, 20, 26, 32]
+    assert {p["model.warmup"] for p in probes} == {0.1}
+
+
+def test_the_space_check_builds_the_data_once_and_each_probe_on_the_meta_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds = []
+    real_build = archlab_cli.build
+
+    def counting_build(cfg, *, data=None, **kwargs):
+        built = real_build(cfg, data=data, **kwargs)
+        builds.append((data is None, kwargs.get("meta"), next(built.model.parameters()).device.type))
+        return built
+
+    monkeypatch.setattr(archlab_cli, "build", counting_build)
+    choices = [8, 16, 24, 32, 40, 48]
+    path = write_sweep(tmp_path, "probe", space={"model.net.hidden_dim": {"type": "categorical", "choices": choices}})
+    cfg = sweep_settings.make_parser().parse_args(["-c", str(path)])
+    sweep_settings.Settings(cfg, [])
+    # The base command builds the DataModule; each of the six probes reuses it and builds net and task on meta.
+    assert builds == [(True, True, "meta")] + [(False, True, "meta")] * len(choices)
 
 
 @pytest.mark.parametrize("sweep_file", sorted((ROOT / "configs/sweeps").glob("*.yaml")), ids=lambda p: p.stem)
@@ -314,7 +565,7 @@ def test_every_sweep_file_validates(sweep_file: Path, tmp_path: Path) -> None:
         if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value)
     ]
     assert numeric_strings == []  # 1e-3 without a dot is a string to PyYAML
-    cfg = archlab_sweep.make_parser().parse_args(["-c", str(sweep_file), "--runs_root", str(tmp_path / "runs")])
-    sweep = archlab_sweep.Sweep(cfg, [])  # parses the base config with every candidate value of the space
+    cfg = sweep_settings.make_parser().parse_args(["-c", str(sweep_file), "--runs_root", str(tmp_path / "runs")])
+    sweep = sweep_settings.Settings(cfg, [])  # parses and builds every probe of the space
     assert sweep.metric and sweep.direction in ("maximize", "minimize")
     assert not (tmp_path / "runs").exists()

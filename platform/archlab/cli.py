@@ -14,6 +14,7 @@ Everything is built once per command: the DataModule (and its vocabulary), the n
 import contextlib
 import importlib
 import inspect
+import logging
 import os
 import sys
 import time
@@ -175,7 +176,7 @@ class ArchlabCLI(LightningCLI):
             )
         callbacks = list(trainer_cfg.get("callbacks") or [])
         checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
-        if trainer_cfg.get("enable_checkpointing") is not False:
+        if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing") is not False:
             # The run directory holds the checkpoints, whoever configured the callback; archlab's own only when the
             # user configured none (Lightning would otherwise add a default one that monitors nothing).
             for callback in checkpoints:
@@ -423,7 +424,10 @@ class _ParseOnly(ArchlabCLI):
 
 def parse_fit(args: list[str]) -> Namespace:
     """The resolved `fit` config for these arguments, nothing built; a ConfigError names what the parser rejected."""
+    seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to 0", once per parse otherwise
+    level = seed_log.level
     try:
+        seed_log.setLevel(logging.WARNING)
         with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.simplefilter("ignore")
             _ParseOnly(["fit", *args])
@@ -431,6 +435,8 @@ def parse_fit(args: list[str]) -> Namespace:
         return parsed.config
     except ArgumentError as error:
         raise ConfigError(f"`archlab fit {' '.join(args)}` is invalid: {tracking.mask_url(str(error))}") from None
+    finally:
+        seed_log.setLevel(level)
     raise AssertionError("unreachable: _ParseOnly always raises")
 
 

@@ -29,10 +29,10 @@ def test_cells_datamodule_keeps_the_labelled_images_and_fixed_eval_splits():
     data = Cells(labels=5, val_size=3, test_size=4, image_size=32, batch_size=2)
     assert data.shapes == {"in_channels": 1, "num_classes": 2, "image_size": 32}
     data.setup()
-    assert [len(data._datasets[s]) for s in ("train", "val", "test")] == [5, 3, 4]
+    assert [len(data.dataset(s)) for s in ("train", "val", "test")] == [5, 3, 4]
     other = Cells(labels=9, val_size=3, test_size=4, image_size=32)
     other.setup()
-    assert torch.equal(data._datasets["test"].x, other._datasets["test"].x)  # test set independent of labels
+    assert torch.equal(data.dataset("test").x, other.dataset("test").x)  # test set independent of labels
     x, y = data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)
     assert x.dtype == torch.float32 and x.shape == (2, 1, 32, 32) and y.shape == (2, 32, 32)
     assert abs(float(x.mean())) < 1.0  # normalised
@@ -42,6 +42,18 @@ def test_cells_datamodule_keeps_the_labelled_images_and_fixed_eval_splits():
 def test_cells_bad_arguments(kwargs: dict):
     with pytest.raises(ConfigError):
         Cells(**kwargs)
+
+
+def test_without_resampling_each_sample_gets_one_of_the_eight_symmetries():
+    torch.manual_seed(0)
+    y = torch.arange(16).view(1, 4, 4).repeat(64, 1, 1)  # every pixel distinct: each symmetry gives another image
+    x = y.unsqueeze(1).float()
+    xa, ya = augment_pair(x, y, degrees=0.0, scale=0.0, elastic=0.0)
+    square = y[0]
+    symmetries = [torch.rot90(t, k) for t in (square, square.T) for k in range(4)]  # the dihedral group D4
+    assert all(any(torch.equal(m, s) for s in symmetries) for m in ya)
+    assert {i for m in ya for i, s in enumerate(symmetries) if torch.equal(m, s)} == set(range(8))
+    assert torch.equal(xa[:, 0].long(), ya)
 
 
 def test_augmentation_keeps_image_and_mask_aligned():
@@ -69,7 +81,7 @@ def test_oxford_pets_reads_torchvisions_layout(tmp_path: Path, binary: bool, cla
     data = OxfordPets(root=str(tmp_path), image_size=16, binary=binary, batch_size=4, val_fraction=0.2)
     assert data.shapes == {"in_channels": 3, "num_classes": len(classes), "image_size": 16}
     data.setup()
-    assert [len(data._datasets[s]) for s in ("train", "val", "test")] == [8, 2, 4]
+    assert [len(data.dataset(s)) for s in ("train", "val", "test")] == [8, 2, 4]
     x, y = next(iter(data.test_dataloader()))
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.uint8 and y.shape == (4, 16, 16)
     assert set(y.unique().tolist()) == classes
@@ -98,7 +110,7 @@ def test_segmentation_folder_pairs_images_and_masks(tmp_path: Path):
     write_pairs(tmp_path, 10, top_label=2)
     data = SegmentationFolder(str(tmp_path), num_classes=3, image_size=8, batch_size=10)
     data.setup()
-    assert [len(data._datasets[s]) for s in ("train", "val", "test")] == [7, 1, 2]
+    assert [len(data.dataset(s)) for s in ("train", "val", "test")] == [7, 1, 2]
     x, y = next(iter(data.train_dataloader()))
     assert x.shape == (7, 3, 8, 8) and y.shape == (7, 8, 8)
     assert set(y.unique().tolist()) == {0, 2}
@@ -117,12 +129,20 @@ def test_segmentation_folder_sizes_disagree(tmp_path: Path):
         SegmentationFolder(str(tmp_path))
 
 
-def test_segmentation_folder_label_outside_num_classes(tmp_path: Path):
-    write_pairs(tmp_path, 4, top_label=5)
-    data = SegmentationFolder(str(tmp_path), num_classes=2, val_fraction=0.0, test_fraction=0.25)
-    with pytest.raises(ConfigError, match=r"label 5, outside 0..1"):
-        data.setup()  # reading the training images for the normalisation stats finds it
-    data = SegmentationFolder(str(tmp_path), num_classes=2, val_fraction=0.0, test_fraction=0.25, normalize=False)
-    data.setup()
-    with pytest.raises(ConfigError, match=r"label 5, outside 0..1"):
-        next(iter(data.train_dataloader()))
+@pytest.mark.parametrize("normalize", [True, False])
+def test_segmentation_folder_label_outside_num_classes_stops_setup(tmp_path: Path, normalize: bool):
+    write_pairs(tmp_path, 4, top_label=1)
+    Image.fromarray(np.full((12, 20), 5, dtype=np.uint8)).save(tmp_path / "masks" / "3.png")  # one bad mask
+    data = SegmentationFolder(str(tmp_path), num_classes=2, val_fraction=0.0, test_fraction=0.25, normalize=normalize)
+    with pytest.raises(ConfigError, match=r"3\.png holds labels \[5\], outside 0..1.*data\.num_classes"):
+        data.setup()  # every mask is read once here, whichever split it lands in
+
+
+def test_generated_labels_are_checked_at_setup(monkeypatch: pytest.MonkeyPatch):
+    def bad_cells(n: int, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = make_cells(n, **kwargs)
+        return x, y + 1  # labels 1..2 for 2 classes
+
+    monkeypatch.setattr("archlab.data.segmentation.make_cells", bad_cells)
+    with pytest.raises(ConfigError, match=r"train labels span 1..2, outside 0..1"):
+        Cells(labels=2, val_size=1, test_size=1, image_size=16).setup()

@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -184,3 +185,50 @@ def test_dates_are_iso_and_held_out():
     other = Dates(num_train=300, num_val=50, num_test=50, seed=3)
     other.setup()
     assert torch.equal(other.datasets["test"].x, src)
+
+
+@pytest.mark.parametrize("kind", ["char", "wordpiece"])
+def test_special_token_ids_are_shapes(tmp_path: Path, kind: str):
+    corpus = TextCorpus(path=str(write_folder(tmp_path)), vocab=kind, vocab_size=200, seq_len=8)
+    shapes = corpus.shapes
+    vocabulary = corpus.vocabulary
+    token_id = vocabulary.tokens.index if kind == "char" else vocabulary.tokenizer.token_to_id
+    ids = {token: token_id(token) for token in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")}
+    assert shapes["pad_id"] == ids["[PAD]"] and shapes["mask_id"] == ids["[MASK]"]
+    assert sorted(ids.values()) == list(range(shapes["num_specials"]))  # the specials are exactly the ids below it
+    assert shapes["vocab_size"] == len(corpus.vocabulary)
+
+
+def test_text_classification_pads_with_its_pad_id():
+    topics = TopicClassification(vocab="char", labels_per_class=2, seq_len=256)
+    x = topics.datasets["train"].x
+    assert topics.shapes["pad_id"] == topics.vocabulary.tokens.index("[PAD]")
+    assert (x[:, -1] == topics.shapes["pad_id"]).any()  # short passages are padded with it
+
+
+def test_dates_special_token_ids_are_shapes():
+    dates = Dates(num_train=20, num_val=5, num_test=5)
+    shapes = dates.shapes
+    assert [dates.vocab[shapes[key]] for key in ("pad_id", "bos_id", "eos_id")] == ["[PAD]", "[BOS]", "[EOS]"]
+    dates.setup()
+    src, tgt = dates.datasets["train"].x, dates.datasets["train"].y
+    assert (tgt[:, 0] == shapes["bos_id"]).all() and (tgt[:, -1] == shapes["eos_id"]).all()
+    assert (src[:, -1] == shapes["pad_id"]).all()  # no surface form is max_len characters long
+    assert dates.decode([shapes["bos_id"], *dates.encode("1999-03-03"), shapes["eos_id"], 5]) == "1999-03-03"
+
+
+def test_vocabulary_is_trained_once_and_setup_writes_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    calls = []
+    train = Vocabulary.train.__func__
+
+    def counted(cls, *args, **kwargs) -> Vocabulary:
+        calls.append(args[0])
+        return train(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Vocabulary, "train", classmethod(counted))
+    corpus = TextCorpus(path=str(write_folder(tmp_path / "text")), seq_len=8)
+    corpus.trainer = L.Trainer(default_root_dir=tmp_path / "run", logger=False, accelerator="cpu")
+    for stage in ("fit", "validate", "test", "predict"):
+        corpus.setup(stage)
+    assert calls == ["char"]
+    assert not list(tmp_path.rglob("tokenizer.json"))  # the CLI writes the run's files, not the DataModule

@@ -1,7 +1,6 @@
 """Tests of the vision DataModules on small files written in the real on-disk formats (IDX, CIFAR pickles, PNG)."""
 
 import math
-import pickle
 import struct
 from pathlib import Path
 
@@ -11,11 +10,18 @@ import pytest
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from archlab.data import CIFAR10, CIFAR100, MNIST, Digits, FashionMNIST, ImageFolder, VisionDataModule
-from archlab.data.vision import TensorBatchDataset, stratified_split
+from archlab.data.base import TensorBatchDataset
+from archlab.data.vision import random_crop_flip
 from archlab.errors import ConfigError, DatasetNotFoundError
+from formats import (
+    CIFAR10_LABEL_NAMES,
+    CIFAR100_FINE_LABEL_NAMES,
+    CIFAR100_SUPERCLASSES,
+    read_pickle,
+    write_cifar,
+)
 
 SMALL = {"batch_size": 16}
 
@@ -26,7 +32,7 @@ def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) ->
     (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
 
 
-def make_mnist(root: Path, folder: str, n_train: int = 60, n_test: int = 20) -> dict[str, np.ndarray]:
+def make_mnist(root: Path, folder: str, n_train: int = 100, n_test: int = 20) -> dict[str, np.ndarray]:
     raw = root / folder / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -39,43 +45,9 @@ def make_mnist(root: Path, folder: str, n_train: int = 60, n_test: int = 20) -> 
     return arrays
 
 
-def dump(path: Path, obj: dict) -> None:
-    with path.open("wb") as file:
-        pickle.dump(obj, file, protocol=2)
-
-
-def cifar_batch(n: int, label_key: bytes, num_classes: int, rng: np.random.Generator) -> dict:
-    return {
-        b"batch_label": b"generated",
-        label_key: [i % num_classes for i in range(n)],
-        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        b"filenames": [f"{i}.png".encode() for i in range(n)],
-    }
-
-
-def make_cifar10(root: Path) -> dict:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(1, 6):
-        dump(folder / f"data_batch_{i}", cifar_batch(8, b"labels", 10, rng))
-    test = cifar_batch(10, b"labels", 10, rng)
-    dump(folder / "test_batch", test)
-    dump(folder / "batches.meta", {b"label_names": [name.encode() for name in CIFAR10.class_names]})
-    return test
-
-
-def make_cifar100(root: Path) -> dict:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    train = cifar_batch(200, b"fine_labels", 100, rng)
-    train[b"coarse_labels"] = [label // 5 for label in train[b"fine_labels"]]
-    dump(folder / "train", train)
-    test = cifar_batch(30, b"fine_labels", 100, rng)
-    dump(folder / "test", test)
-    dump(folder / "meta", {b"fine_label_names": [name.encode() for name in CIFAR100.class_names]})
-    return test
+def pixels(dm: VisionDataModule, x: torch.Tensor, *, train: bool) -> torch.Tensor:
+    """The DataModule's on-device transform of images alone (labels pass through it unchanged)."""
+    return dm.transform(x, torch.zeros(len(x), dtype=torch.long), train=train)[0]
 
 
 def write_images(folder: Path, n: int) -> None:
@@ -100,8 +72,8 @@ def make_folder(root: Path, *, splits: tuple[str, ...] = ()) -> Path:
 def sources(tmp_path: Path) -> dict[str, VisionDataModule]:
     make_mnist(tmp_path, "MNIST")
     make_mnist(tmp_path, "FashionMNIST")
-    make_cifar10(tmp_path)
-    make_cifar100(tmp_path)
+    write_cifar(tmp_path, "cifar10", n_train=100, n_test=10)
+    write_cifar(tmp_path, "cifar100", n_train=1000, n_test=30)
     root = str(tmp_path)
     return {
         "digits": Digits(**SMALL),
@@ -120,10 +92,10 @@ def sources(tmp_path: Path) -> dict[str, VisionDataModule]:
 EXPECTED = {
     # name: (in_channels, num_classes, image_size, pixel dtype in memory, (train, val, test) sizes)
     "digits": (1, 10, 8, torch.float32, (1258, 180, 359)),
-    "mnist": (1, 10, 28, torch.uint8, (54, 6, 20)),
-    "fashion": (1, 10, 28, torch.uint8, (54, 6, 20)),
-    "cifar10": (3, 10, 32, torch.uint8, (36, 4, 10)),
-    "cifar100": (3, 100, 32, torch.uint8, (180, 20, 30)),
+    "mnist": (1, 10, 28, torch.uint8, (90, 10, 20)),
+    "fashion": (1, 10, 28, torch.uint8, (90, 10, 20)),
+    "cifar10": (3, 10, 32, torch.uint8, (90, 10, 10)),
+    "cifar100": (3, 100, 32, torch.uint8, (900, 100, 30)),
     "folder": (3, 3, 8, torch.uint8, (21, 3, 6)),
     "folder_splits": (3, 2, 8, torch.uint8, (12, 4, 6)),
     "folder_grey": (1, 3, 6, torch.uint8, (21, 3, 6)),
@@ -145,8 +117,9 @@ def test_shapes_and_batches(sources: dict[str, VisionDataModule], name: str) -> 
         assert x.shape == (batch, channels, size, size) and x.dtype == dtype
         assert y.shape == (batch,) and y.dtype == torch.int64
         assert y.min() >= 0 and y.max() < classes
-        out = dm.transform(x, train=True)
+        out, labels = dm.transform(x, y, train=True)
         assert out.shape == x.shape and out.dtype == torch.float32 and out.isfinite().all()
+        assert torch.equal(labels, y)
 
 
 def test_shapes_known_before_any_file_exists(tmp_path: Path) -> None:
@@ -156,8 +129,18 @@ def test_shapes_known_before_any_file_exists(tmp_path: Path) -> None:
         assert not (tmp_path / "nothing").exists()
 
 
-def test_cifar100_class_names_are_the_meta_order() -> None:
-    assert len(CIFAR100.class_names) == 100 and CIFAR100.class_names == sorted(CIFAR100.class_names)
+def test_cifar_class_names_are_the_meta_files(tmp_path: Path) -> None:
+    # The basis is the CIFAR page's tables in tests/formats.py (CIFAR-100 grouped by superclass, 20 x 5), not the
+    # DataModule's own list; the meta files are written from them in the real format and read back here.
+    assert len({name for names in CIFAR100_SUPERCLASSES.values() for name in names}) == 100
+    write_cifar(tmp_path, "cifar10", n_train=10, n_test=10)
+    write_cifar(tmp_path, "cifar100", n_train=100, n_test=10)
+    meta10 = read_pickle(tmp_path / "cifar-10-batches-py" / "batches.meta")
+    meta100 = read_pickle(tmp_path / "cifar-100-python" / "meta")
+    assert CIFAR10.class_names == [name.decode() for name in meta10[b"label_names"]] == CIFAR10_LABEL_NAMES
+    assert CIFAR100.class_names == [name.decode() for name in meta100[b"fine_label_names"]]
+    assert CIFAR100.class_names == CIFAR100_FINE_LABEL_NAMES
+    assert CIFAR100.class_names[0] == "apple" and CIFAR100.class_names[-1] == "worm"
 
 
 def test_mnist_test_split_is_the_idx_file(tmp_path: Path) -> None:
@@ -169,10 +152,12 @@ def test_mnist_test_split_is_the_idx_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("cls", "make", "key"), [(CIFAR10, make_cifar10, b"labels"), (CIFAR100, make_cifar100, b"fine_labels")]
+    ("cls", "name", "file", "key"),
+    [(CIFAR10, "cifar10", "test_batch", b"labels"), (CIFAR100, "cifar100", "test", b"fine_labels")],
 )
-def test_cifar_reader_keeps_pixel_layout(tmp_path: Path, cls: type[CIFAR10], make, key: bytes) -> None:
-    written = make(tmp_path)
+def test_cifar_reader_keeps_pixel_layout(tmp_path: Path, cls: type[CIFAR10], name: str, file: str, key: bytes) -> None:
+    folder = write_cifar(tmp_path, name, n_train=100 if name == "cifar10" else 1000, n_test=30)
+    written = read_pickle(folder / file)
     dm = cls(root=str(tmp_path), **SMALL)
     dm.setup("test")
     x, y = (torch.cat(parts) for parts in zip(*dm.predict_dataloader(), strict=True))
@@ -182,17 +167,14 @@ def test_cifar_reader_keeps_pixel_layout(tmp_path: Path, cls: type[CIFAR10], mak
     assert torch.equal(x[0, 0].flatten(), torch.from_numpy(written[b"data"][0, :1024]))
 
 
-def test_split_is_seeded_disjoint_and_complete() -> None:
-    labels = torch.from_numpy(load_digits().target)
-    train, val, test = stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=0)
-    assert (len(train), len(val), len(test)) == (1258, 180, 359)
-    assert torch.equal(torch.cat([train, val, test]).sort().values, torch.arange(len(labels)))
-    again = stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip((train, val, test), again, strict=True))
-    other = stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=1)
-    assert not torch.equal(val, other[1]) and not torch.equal(test, other[2])
-    expected = torch.bincount(labels) * 0.1
-    assert (torch.bincount(labels[val], minlength=10) - expected).abs().max() <= 1
+def test_digits_split_sizes_and_stratification() -> None:
+    dm = Digits()
+    dm.setup()
+    pool = torch.cat([dm.dataset(split).y for split in ("train", "val", "test")])
+    assert [len(dm.dataset(split)) for split in ("train", "val", "test")] == [1258, 180, 359]
+    for split, fraction in (("val", 0.1), ("test", 0.2)):
+        counts = torch.bincount(dm.dataset(split).y, minlength=10)
+        assert (counts - torch.bincount(pool) * fraction).abs().max() <= 1
 
 
 def test_split_ignores_the_global_seed() -> None:
@@ -201,11 +183,11 @@ def test_split_ignores_the_global_seed() -> None:
         torch.manual_seed(global_seed)
         dm = Digits(seed=3)
         dm.setup()
-        splits.append(dm.val_dataloader().dataset.x)
+        splits.append(dm.dataset("val").x)
     assert torch.equal(*splits)
     dm = Digits(seed=4)
     dm.setup()
-    assert not torch.equal(splits[0], dm.val_dataloader().dataset.x)
+    assert not torch.equal(splits[0], dm.dataset("val").x)
 
 
 def test_image_folder_split_is_seeded(tmp_path: Path) -> None:
@@ -274,7 +256,7 @@ def test_image_folder_carves_only_missing_splits(tmp_path: Path) -> None:
     root = make_folder(tmp_path, splits=("train", "val"))
     dm = ImageFolder(str(root), test_fraction=0.25)
     dm.setup()
-    assert [len(dm._dataset(split)) for split in ("train", "val", "test")] == [9, 4, 3]
+    assert [len(dm.dataset(split)) for split in ("train", "val", "test")] == [9, 4, 3]
 
 
 def test_one_getitems_call_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,30 +285,28 @@ def test_augmentation_only_in_training() -> None:
     for dm in (plain, augmented):
         dm.setup()
     x, _y = next(iter(plain.val_dataloader()))
-    evaluated = augmented.transform(x, train=False)
-    assert torch.equal(evaluated, plain.transform(x, train=False))
-    assert torch.equal(evaluated, augmented.transform(x, train=False))
-    assert not torch.equal(augmented.transform(x, train=True), evaluated)
-    assert torch.equal(plain.transform(x, train=True), evaluated)
+    evaluated = pixels(augmented, x, train=False)
+    assert torch.equal(evaluated, pixels(plain, x, train=False))
+    assert torch.equal(evaluated, pixels(augmented, x, train=False))
+    assert not torch.equal(pixels(augmented, x, train=True), evaluated)
+    assert torch.equal(pixels(plain, x, train=True), evaluated)
 
 
 def test_flip_mirrors_each_sample_or_leaves_it() -> None:
-    dm = Digits(augment=True, crop_padding=0, normalize=False)
     x = torch.arange(64.0).div(64).view(1, 1, 8, 8).repeat(64, 1, 1, 1)  # asymmetric in every direction
     torch.manual_seed(0)
-    out = dm.transform(x, train=True)
+    out = random_crop_flip(x, padding=0, hflip=True)
     flipped = [bool(torch.equal(o, x[0].flip(-1))) for o in out]
     kept = [bool(torch.equal(o, x[0])) for o in out]
     assert all(f != k for f, k in zip(flipped, kept, strict=True))
     assert 0 < sum(flipped) < 64
-    assert torch.equal(Digits(augment=True, crop_padding=0, hflip=False, normalize=False).transform(x, train=True), x)
+    assert torch.equal(random_crop_flip(x, padding=0, hflip=False), x)
 
 
 def test_crop_shifts_each_sample_by_its_own_offset() -> None:
-    dm = Digits(augment=True, crop_padding=2, hflip=False, normalize=False)
     torch.manual_seed(0)
     x = torch.rand(32, 1, 8, 8) * 0.9 + 0.1  # nonzero, so zero padding is visible
-    out = dm.transform(x, train=True)
+    out = random_crop_flip(x, padding=2, hflip=False)
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = set()
@@ -346,7 +326,7 @@ def test_crop_shifts_each_sample_by_its_own_offset() -> None:
 def test_normalisation_standardises_the_training_split(sources: dict[str, VisionDataModule], name: str) -> None:
     dm = sources[name]
     dm.setup()
-    x = torch.cat([dm.transform(x, train=False) for x, _y in dm.train_dataloader()])
+    x = torch.cat([pixels(dm, x, train=False) for x, _y in dm.train_dataloader()])
     assert x.mean((0, 2, 3)).abs().max() < 1e-4
     assert (x.std((0, 2, 3), unbiased=False) - 1).abs().max() < 1e-3
 
@@ -355,7 +335,7 @@ def test_without_normalisation_pixels_stay_in_unit_range(sources: dict[str, Visi
     dm = sources["cifar10"]
     dm.normalize = False
     dm.setup()
-    x = dm.transform(next(iter(dm.train_dataloader()))[0], train=False)
+    x = pixels(dm, next(iter(dm.train_dataloader()))[0], train=False)
     assert dm.mean is None and x.min() >= 0 and x.max() <= 1 and x.max() > 0.9
 
 
@@ -364,7 +344,7 @@ def test_needs_setup_first() -> None:
     with pytest.raises(RuntimeError, match="setup"):
         dm.train_dataloader()
     with pytest.raises(RuntimeError, match="setup"):
-        dm.transform(torch.zeros(1, 1, 8, 8), train=False)
+        pixels(dm, torch.zeros(1, 1, 8, 8), train=False)
 
 
 def test_subclass_cli_arguments_resolve_to_the_base() -> None:
@@ -412,9 +392,9 @@ def test_trainer_augments_training_batches_only() -> None:
     seen = dict(model.seen)
     assert set(seen) == {"train", "val"} and all(x.dtype == torch.float32 for x in seen.values())
     raw_val, _y = next(iter(dm.val_dataloader()))
-    assert torch.equal(seen["val"], dm.transform(raw_val, train=False))
-    clean = dm.transform(dm.train_dataloader().dataset.x, train=False).flatten(1)
+    assert torch.equal(seen["val"], pixels(dm, raw_val, train=False))
+    clean = pixels(dm, dm.dataset("train").x, train=False).flatten(1)
     unchanged = (seen["train"].flatten(1)[:, None] == clean[None]).all(-1).any(-1)  # (64,)
     assert unchanged.sum() < len(unchanged) / 2
     (labels,) = trainer.predict(model, datamodule=dm)  # fast_dev_run: one batch
-    assert torch.equal(labels, dm.test_dataloader().dataset.y[:64])
+    assert torch.equal(labels, dm.dataset("test").y[:64])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from archlab.errors import ConfigError, DatasetNotFoundError
+from archlab.errors import ConfigError
 from archlab.models import BERT, GPT, RecurrentNet, Transformer, bert_base
 from archlab.models.bert import encoder_params, hf_to_archlab
 
@@ -133,21 +133,3 @@ def test_bert_equals_hugging_face_bert():
     real = ids != 0
     torch.testing.assert_close(hidden[real], expected.last_hidden_state[real], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.pool(hidden), expected.pooler_output, rtol=1e-5, atol=1e-5)
-
-
-def test_bert_loads_a_pretrained_mlm_checkpoint(tmp_path):
-    shape = {"vocab_size": 20, "max_len": 8, "dim": 16, "num_heads": 2, "num_layers": 1}
-    mlm = BERT(**shape)
-    path = tmp_path / "mlm.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in mlm.state_dict().items()}, "epoch": 3}, path)
-    clf = BERT(**shape, num_classes=3, pretrained=str(path))
-    torch.testing.assert_close(clf.blocks[0].ffn.fc1.weight, mlm.blocks[0].ffn.fc1.weight)
-    torch.testing.assert_close(clf.token_embedding.weight, mlm.token_embedding.weight)
-    with pytest.raises(ConfigError) as error:
-        BERT(**{**shape, "dim": 32}, num_classes=3, pretrained=str(path))
-    assert "token_embedding.weight (20, 16) vs (20, 32)" in str(error.value)
-    with pytest.raises(ConfigError) as error:
-        BERT(**{**shape, "num_layers": 2}, num_classes=3, pretrained=str(path))
-    assert "Missing keys" in str(error.value) and "blocks.1.self_attn.q_proj.weight" in str(error.value)
-    with pytest.raises(DatasetNotFoundError, match=r"nowhere\.ckpt"):
-        BERT(**shape, num_classes=3, pretrained=str(tmp_path / "nowhere.ckpt"))

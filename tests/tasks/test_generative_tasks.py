@@ -1,6 +1,7 @@
 """The generative tasks and the segmentation task: the GAN's two optimizers, the autoencoders' objectives, the
 offline FID, sample grids and `predict` writing new samples."""
 
+import math
 import os
 import socket
 import subprocess
@@ -11,11 +12,12 @@ import lightning as L
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from archlab import fid
 from archlab.data import Cells, Digits
 from archlab.errors import ConfigError
-from archlab.models import DCGAN, AutoEncoder, UNet, vae
+from archlab.models import DCGAN, AEOutput, AutoEncoder, UNet, vae
 from archlab.tasks import Adversarial, Reconstruction, Segmentation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +51,7 @@ def test_fid_extractor_is_built_without_network(cache: Path, monkeypatch: pytest
     # Real digits are far closer to each other than to noise.
     digits = Digits(normalize=False)
     digits.setup()
-    real = digits._datasets["train"].x
+    real = digits.dataset("train").x
     metric = fid.make_fid()
     metric.update(real[:400], real=True)
     metric.update(real[400:800], real=False)
@@ -124,7 +126,7 @@ def test_gan_rejects_a_net_that_is_not_a_pair(cache: Path):
 def test_reconstruction_objectives(cache: Path):
     data = digits(batch_size=32)
     data.setup()
-    x = data._datasets["train"].x[:32]
+    x = data.dataset("train").x[:32]
     torch.manual_seed(0)
     net = vae(image_size=8, latent_dim=3, widths=(8,))
     elbo = Reconstruction(net, fid_samples=0)
@@ -143,17 +145,68 @@ def test_reconstruction_objectives(cache: Path):
         Reconstruction(AutoEncoder(image_size=8), sparsity="kl", fid_samples=0)
     with pytest.raises(ConfigError, match="deterministic"):
         Reconstruction(vae(image_size=8), sparsity="l1", fid_samples=0)
-    with pytest.raises(ConfigError, match="normalize false"):
-        Reconstruction(AutoEncoder(image_size=8), fid_samples=0).step((x * 4 - 1,), "train")
+
+
+class FixedCode(nn.Module):
+    """An autoencoder stand-in whose code is a given (B, latent_dim) tensor and whose reconstruction logits are 0."""
+
+    code_activation = "sigmoid"
+
+    def __init__(self, code: torch.Tensor) -> None:
+        super().__init__()
+        self.code = code
+        self.latent_dim = code.shape[1]
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code * self.scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(z), 1, 2, 2) * self.scale
+
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        return AEOutput(self.decode(self.code), self.encode(x), None, None)
+
+
+def kl_bernoulli(target: float, rho: float) -> float:
+    return target * math.log(target / rho) + (1 - target) * math.log((1 - target) / (1 - rho))
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "expected"),
+    [
+        ("l1", (0.2 + 0.5 + 0.6 + 0.5) / 2),  # the L1 norm of each code, averaged over the batch
+        ("kl", kl_bernoulli(0.05, 0.4) + kl_bernoulli(0.05, 0.5)),  # per unit: the mean activations 0.4 and 0.5
+    ],
+)
+def test_sparsity_penalty_equals_the_hand_computed_value(sparsity: str, expected: float):
+    code = torch.tensor([[0.2, 0.5], [0.6, 0.5]])  # (B, latent_dim)
+    x = torch.full((2, 1, 2, 2), 0.5)
+    logged = {}
     sparse = Reconstruction(
-        AutoEncoder(image_size=8, encoder="mlp", widths=(16,), latent_dim=16, code_activation="sigmoid"),
-        sparsity="kl", sparsity_weight=1.0, fid_samples=0,
-    )  # fmt: skip
-    plain = Reconstruction(sparse.net, fid_samples=0)
-    torch.manual_seed(0)
-    with_penalty = sparse.step((x,), "train")
-    torch.manual_seed(0)
-    assert with_penalty > plain.step((x,), "train")  # sigmoid codes start near 0.5, far from the 0.05 target
+        FixedCode(code), sparsity=sparsity, sparsity_weight=0.3, sparsity_target=0.05, fid_samples=0
+    )
+    sparse.log = lambda name, value, **kwargs: logged.__setitem__(name, value.item())
+    plain = Reconstruction(FixedCode(code), fid_samples=0)
+    plain.log = lambda *args, **kwargs: None
+    difference = sparse.step((x,), "train") - plain.step((x,), "train")  # the same reconstruction loss in both
+    assert difference.item() == pytest.approx(0.3 * expected)
+    assert logged["train/sparsity"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Reconstruction(AutoEncoder(image_size=8), fid_samples=0),
+        lambda: Adversarial(DCGAN(image_size=8, latent_dim=4, width=4), fid_samples=20),
+    ],
+    ids=["reconstruction", "adversarial"],
+)
+def test_generative_tasks_reject_standardised_data_before_the_run(cache: Path, make):
+    task = make()
+    with pytest.raises(ConfigError, match=r"data\.normalize false"):
+        task.check_data(Digits(normalize=True))
+    task.check_data(Digits(normalize=False))
 
 
 def test_denoising_corrupts_the_input_and_targets_the_clean_image(cache: Path):
@@ -189,14 +242,12 @@ def test_vae_fit_logs_grids_and_predict_writes_new_samples(cache: Path, tmp_path
     run = tmp_path / "run"
     images = {p.name for p in (run / "images").iterdir()}
     assert {"val_samples_epoch000.png", "val_reconstructions_epoch000.png", "val_interpolation_epoch000.png"} <= images
-    out = tmp_path / "out" / "new_digits.png"
     predicted = archlab(
         "predict", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt"),
-        "--tracker", "csv", "--model.samples_path", str(out), "--model.num_samples", "16", cwd=tmp_path,
+        "--tracker", "csv", "--model.num_samples", "16", "--run_dir", str(tmp_path / "predict"), cwd=tmp_path,
     )  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-3000:]
-    assert str(out) in predicted.stdout
-    with Image.open(out) as image:
+    with Image.open(tmp_path / "predict" / "samples.png") as image:
         assert image.size == (4 * 9 + 1, 4 * 9 + 1)  # a 4x4 grid of 8x8 samples with 1-px borders
 
 
@@ -214,8 +265,8 @@ def test_segmentation_task_learns_and_scores_dice(cache: Path, tmp_path: Path):
         Segmentation(UNet(), ce_weight=0.0, dice_weight=0.0)
 
 
-def test_segmentation_rejects_masks_outside_num_classes(cache: Path):
-    task = Segmentation(UNet(num_classes=2, depth=1, width=4))
-    y = torch.full((1, 8, 8), 2)
-    with pytest.raises(ConfigError, match=r"label 2, outside 0..1"):
-        task.step((torch.randn(1, 1, 8, 8), y), "train")
+def test_segmentation_checks_its_classes_against_the_data():
+    data = Cells(labels=4, val_size=2, test_size=2, image_size=16)
+    Segmentation(UNet(num_classes=2, depth=1, width=4)).check_data(data)
+    with pytest.raises(ConfigError, match=r"model.num_classes is 3 but the data \(Cells\) has 2"):
+        Segmentation(UNet(num_classes=3, depth=1, width=4)).check_data(data)

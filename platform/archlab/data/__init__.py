@@ -1,5 +1,6 @@
 """Shared LightningDataModules, one file per modality."""
 
+from archlab.data.base import DataModule, ImageDataModule
 from archlab.data.segmentation import Cells, OxfordPets, SegmentationDataModule, SegmentationFolder
 from archlab.data.synthetic import AddingProblem, CopyMemory, Dates
 from archlab.data.text import TextClassification, TextClassificationFile, TextCorpus, TopicClassification
@@ -12,9 +13,11 @@ __all__ = [
     "AddingProblem",
     "Cells",
     "CopyMemory",
+    "DataModule",
     "Dates",
     "Digits",
     "FashionMNIST",
+    "ImageDataModule",
     "ImageFolder",
     "OxfordPets",
     "SegmentationDataModule",

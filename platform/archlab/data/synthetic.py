@@ -13,18 +13,16 @@ import calendar
 import datetime
 import string
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from archlab.data.vision import TensorBatchDataset, whole_batch
+from archlab.data.base import DataModule, TensorBatchDataset
 from archlab.errors import ConfigError
 
 SPLITS = ("test", "val", "train")
 
 
-class SyntheticSequences(L.LightningDataModule):
+class SyntheticSequences(DataModule):
     """Fixed seeded train/val/test samples in memory, served a whole batch per slice."""
 
     name = "synthetic"
@@ -32,44 +30,18 @@ class SyntheticSequences(L.LightningDataModule):
     def __init__(
         self, *, num_train: int = 20000, num_val: int = 1000, num_test: int = 1000, batch_size: int = 64, seed: int = 0
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(logger=False)
+        super().__init__(batch_size=batch_size, seed=seed)
         for key, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value < 1:
                 raise ConfigError(f"{self.name}: data.{key} must be >= 1; got {value}.")
-        if batch_size < 1:
-            raise ConfigError(f"{self.name}: data.batch_size must be >= 1; got {batch_size}.")
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self.batch_size = batch_size
-        self.seed = seed
-        self.datasets: dict[str, TensorBatchDataset] | None = None
 
     def generate(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets is None:
-            generator = torch.Generator().manual_seed(self.seed)
-            self.datasets = {
-                split: TensorBatchDataset(*self.generate(self.sizes[split], generator)) for split in SPLITS
-            }
-
-    def loader(self, split: str, *, shuffle: bool = False) -> DataLoader:
-        if self.datasets is None:
-            raise RuntimeError(f"{self.name}: call setup() before asking for the {split} data")
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, collate_fn=whole_batch)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.loader("test")
+    def make_datasets(self) -> dict[str, TensorBatchDataset]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return {split: TensorBatchDataset(*self.generate(self.sizes[split], generator)) for split in SPLITS}
 
 
 def check_seq_len(name: str, seq_len: int) -> None:
@@ -149,6 +121,8 @@ class CopyMemory(SyntheticSequences):
 
 # Dates: free-form surface forms -> ISO 8601. Source and target share one character vocabulary.
 DATE_SPECIALS = ["[PAD]", "[BOS]", "[EOS]"]
+PAD_ID, BOS_ID, EOS_ID = range(len(DATE_SPECIALS))
+TARGET_LEN = 12  # [BOS] YYYY-MM-DD [EOS]
 DATE_CHARS = sorted(set(string.ascii_letters + string.digits + " ,./-'"))
 ORDINALS = [
     "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh",
@@ -203,28 +177,33 @@ class Dates(SyntheticSequences):
 
     @property
     def shapes(self) -> dict[str, int]:
-        return {"vocab_size": len(self.vocab), "max_len": self.max_source_len, "pad_id": 0, "bos_id": 1, "eos_id": 2}
+        return {
+            "vocab_size": len(self.vocab),
+            "max_len": self.max_source_len,
+            "pad_id": PAD_ID,
+            "bos_id": BOS_ID,
+            "eos_id": EOS_ID,
+        }
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets is None:
-            generator = torch.Generator().manual_seed(self.seed)
-            days = torch.randperm(NUM_DAYS, generator=generator)
-            start = 0
-            self.datasets = {}
-            for split in SPLITS:
-                chosen = days[start : start + self.sizes[split]]
-                start += self.sizes[split]
-                self.datasets[split] = TensorBatchDataset(*self.generate_days(chosen, generator))
+    def make_datasets(self) -> dict[str, TensorBatchDataset]:
+        generator = torch.Generator().manual_seed(self.seed)
+        days = torch.randperm(NUM_DAYS, generator=generator)
+        start, datasets = 0, {}
+        for split in SPLITS:
+            chosen = days[start : start + self.sizes[split]]
+            start += self.sizes[split]
+            datasets[split] = TensorBatchDataset(*self.generate_days(chosen, generator))
+        return datasets
 
     def generate_days(self, days: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         dates = [FIRST_DAY + datetime.timedelta(days=int(day)) for day in days]
         picks = torch.randint(0, len(date_forms(FIRST_DAY)), (len(dates),), generator=generator).tolist()
         sources = [date_forms(d)[pick] for d, pick in zip(dates, picks, strict=True)]
-        src = torch.zeros(len(dates), self.max_source_len, dtype=torch.long)  # (N, S), 0 = [PAD]
-        tgt = torch.zeros(len(dates), 12, dtype=torch.long)  # (N, 12)
+        src = torch.full((len(dates), self.max_source_len), PAD_ID, dtype=torch.long)  # (N, S)
+        tgt = torch.empty(len(dates), TARGET_LEN, dtype=torch.long)  # (N, 12)
         for i, (text, d) in enumerate(zip(sources, dates, strict=True)):
             src[i, : len(text)] = torch.tensor(self.encode(text))
-            tgt[i] = torch.tensor([1, *self.encode(d.isoformat()), 2])
+            tgt[i] = torch.tensor([BOS_ID, *self.encode(d.isoformat()), EOS_ID])
         return src, tgt
 
     def encode(self, text: str) -> list[int]:
@@ -234,8 +213,8 @@ class Dates(SyntheticSequences):
         """Token ids -> text, stopping at [EOS] and skipping [PAD] and [BOS]."""
         out = []
         for i in ids:
-            if i == 2:
+            if i == EOS_ID:
                 break
-            if i > 2:
+            if i not in (PAD_ID, BOS_ID):
                 out.append(self.vocab[i])
         return "".join(out)

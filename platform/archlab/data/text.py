@@ -7,9 +7,11 @@ test is by document, seeded by `seed` alone.
 
 Vocabularies: characters, or a subword vocabulary (byte-level BPE, Sennrich et al. 2016; WordPiece, Wu et al. 2016)
 trained on the training split with Hugging Face `tokenizers`. Every vocabulary starts with the same special tokens,
-[PAD] [UNK] [CLS] [SEP] [MASK] = 0..4. The vocabulary is written beside the run (`<run>/tokenizer.json`) and into
-every checkpoint, so `archlab test|predict --ckpt_path` decode with exactly the vocabulary the model was trained
-with; `vocab_path` names a saved one (a tokenizer.json, or a .ckpt) to reuse, e.g. pre-training's for fine-tuning.
+[PAD] [UNK] [CLS] [SEP] [MASK] = 0..4, and `shapes` gives their ids (`pad_id`, `mask_id`, `num_specials`) to the task
+and net like every other shape. The vocabulary is trained once, in `__init__` (the CLI reads `shapes` before it builds
+the net), and kept in `state_dict`, so every checkpoint carries it and `archlab test|predict --ckpt_path` decode with
+exactly the vocabulary the model was trained with; the CLI also writes it beside the run with `vocabulary.save`.
+`vocab_path` names a saved one (a tokenizer.json, or a .ckpt) to reuse, e.g. pre-training's for fine-tuning.
 """
 
 import csv
@@ -18,17 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from archlab.data.vision import TensorBatchDataset, stratified_split, whole_batch
+from archlab.data.base import DataModule, TensorBatchDataset, check_fraction, split_indices
 from archlab.errors import ConfigError, DatasetNotFoundError
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIALS))
 VOCABS = ("char", "bpe", "wordpiece")
+SPLITS = ("train", "val", "test")
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 
 
@@ -149,9 +151,9 @@ class Vocabulary:
         return self.tokenizer.decode(ids)
 
 
-class TextDataModule(L.LightningDataModule):
-    """The vocabulary's life cycle: trained on the training split (or loaded), saved beside the run and into
-    checkpoints, restored from a checkpoint in test and predict."""
+class TextDataModule(DataModule):
+    """The vocabulary's life cycle: trained on the training split (or loaded) once, in `__init__`; kept in checkpoints
+    and restored from one in test and predict."""
 
     name = "text"
 
@@ -167,27 +169,21 @@ class TextDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(logger=False)
+        super().__init__(batch_size=batch_size, seed=seed)
         if vocab not in VOCABS:
             raise ConfigError(f"{self.name}: data.vocab must be one of {list(VOCABS)}; got {vocab!r}.")
         if vocab != "char" and vocab_size <= len(SPECIALS) + 1:
             raise ConfigError(f"{self.name}: data.vocab_size must be > {len(SPECIALS) + 1}; got {vocab_size}.")
         if seq_len < 2:
             raise ConfigError(f"{self.name}: data.seq_len (the sequence length T) must be >= 2; got {seq_len}.")
-        if batch_size < 1:
-            raise ConfigError(f"{self.name}: data.batch_size must be >= 1; got {batch_size}.")
-        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 < value < 1:
-                raise ConfigError(f"{self.name}: data.{key} must be a fraction in (0, 1); got {value}.")
+        check_fraction(self.name, "val_fraction", val_fraction, positive=True)
+        check_fraction(self.name, "test_fraction", test_fraction, positive=True)
         self.vocab_kind = vocab
         self.target_vocab_size = vocab_size
         self.vocab_path = vocab_path
         self.seq_len = seq_len
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
-        self.seed = seed
         self.vocabulary: Vocabulary | None = None
 
     def make_vocabulary(self, train_texts: list[str]) -> Vocabulary:
@@ -196,17 +192,14 @@ class TextDataModule(L.LightningDataModule):
         return Vocabulary.train(self.vocab_kind, train_texts, self.target_vocab_size)
 
     def encode_splits(self) -> None:
+        """Token ids of every split with the current vocabulary -> `self.datasets`."""
         raise NotImplementedError
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.trainer is not None:
-            self.vocabulary.save(Path(self.trainer.default_root_dir) / "tokenizer.json")
 
     def state_dict(self) -> dict[str, Any]:
         return {"vocabulary": self.vocabulary.to_json()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = Vocabulary.from_json(state["vocabulary"])
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = Vocabulary.from_json(state_dict["vocabulary"])
         if saved.to_json() == self.vocabulary.to_json():
             return
         if len(saved) != len(self.vocabulary):
@@ -219,33 +212,6 @@ class TextDataModule(L.LightningDataModule):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.vocabulary.decode(ids)
-
-    def loader(self, split: str) -> DataLoader:
-        raise NotImplementedError
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
-
-
-def split_documents(names: list[str], *, val_fraction: float, test_fraction: float, seed: int, name: str):
-    n = len(names)
-    sizes = [max(round(n * val_fraction), 1), max(round(n * test_fraction), 1)]
-    if n - sum(sizes) < 1:
-        raise ConfigError(
-            f"{name}: {n} documents cannot be split by document into train, val and test with data.val_fraction="
-            f"{val_fraction} and data.test_fraction={test_fraction}; give more documents (a folder of files, or "
-            "a file of blank-line-separated paragraphs)."
-        )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    val, test = order[: sizes[0]], order[sizes[0] : sum(sizes)]
-    train = order[sum(sizes) :]
-    return {split: [names[i] for i in sorted(ids)] for split, ids in (("train", train), ("val", val), ("test", test))}
 
 
 class Windows(Dataset):
@@ -320,13 +286,18 @@ class TextCorpus(TextDataModule):
         self.prompt = prompt
         self.num_samples = num_samples
         docs = read_documents(path)
-        self.split_names = split_documents(
-            sorted(docs),
+        names = sorted(docs)
+        splits = split_indices(
+            len(names),
             val_fraction=self.val_fraction,
             test_fraction=self.test_fraction,
             seed=self.seed,
             name=self.name,
+            unit="documents (files of a folder, or blank-line-separated paragraphs of a file)",
         )
+        self.split_names = {
+            split: [names[i] for i in index.tolist()] for split, index in zip(SPLITS, splits, strict=True)
+        }
         self.texts = {split: "\n\n".join(docs[name] for name in names) for split, names in self.split_names.items()}
         self.vocabulary = self.make_vocabulary([docs[name] for name in self.split_names["train"]])
         self.encode_splits()
@@ -340,6 +311,12 @@ class TextCorpus(TextDataModule):
                     f"{self.seq_len}{f' in each of data.batch_size={self.batch_size} streams' if self.stream else ''};"
                     " give more text or lower them."
                 )
+        self.datasets = {
+            split: Streams(tokens, self.seq_len, self.batch_size)
+            if self.stream
+            else Windows(tokens, self.seq_len, jitter=split == "train", wrap=self.wrap)
+            for split, tokens in self.tokens.items()
+        }
 
     @property
     def shapes(self) -> dict[str, Any]:
@@ -353,11 +330,10 @@ class TextCorpus(TextDataModule):
             "chars_per_symbol": len(self.texts["train"]) / len(self.tokens["train"]),
         }
 
-    def loader(self, split: str) -> DataLoader:
-        if self.stream:
-            return DataLoader(Streams(self.tokens[split], self.seq_len, self.batch_size), batch_size=None)
-        windows = Windows(self.tokens[split], self.seq_len, jitter=split == "train", wrap=self.wrap)
-        return DataLoader(windows, batch_size=self.batch_size, shuffle=split == "train")
+    def loader(self, split: str, *, shuffle: bool = False) -> DataLoader:
+        if self.stream:  # each item is already a batch of the parallel streams, served in order
+            return DataLoader(self.dataset(split), batch_size=None)
+        return super().loader(split, shuffle=shuffle)
 
     def predict_dataloader(self) -> DataLoader:
         prompt = torch.tensor(self.vocabulary.encode(self.prompt)).repeat(self.num_samples, 1)  # (num_samples, P)
@@ -384,12 +360,14 @@ class TextClassification(TextDataModule):
         index = {name: i for i, name in enumerate(self.class_names)}
         self.texts = texts
         self.labels = torch.tensor([index[label] for label in labels])
-        train, val, test = stratified_split(
-            self.labels,
+        train, val, test = split_indices(
+            len(self.labels),
+            labels=self.labels,
             val_fraction=self.val_fraction,
             test_fraction=self.test_fraction,
             seed=self.seed,
             name=self.name,
+            unit="texts",
         )
         if self.labels_per_class is not None:
             shuffled = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))]
@@ -424,14 +402,6 @@ class TextClassification(TextDataModule):
             "pad_id": PAD_ID,
             "num_classes": self.num_classes,
         }
-
-    def loader(self, split: str) -> DataLoader:
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=split == "train", collate_fn=whole_batch
-        )
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.loader("test")
 
 
 class TopicClassification(TextClassification):

@@ -35,7 +35,6 @@ class Adversarial(GenerativeTask):
         label_smoothing: float = 0.0,
         fid_samples: int = 1000,
         num_samples: int = 64,
-        samples_path: str | None = None,
     ) -> None:
         if not all(hasattr(net, name) for name in ("generator", "discriminator", "latent_dim")):
             raise ConfigError(
@@ -48,9 +47,7 @@ class Adversarial(GenerativeTask):
             raise ConfigError(f"model.betas must be two numbers in [0, 1); got {betas}.")
         if fid_samples < 2:
             raise ConfigError(f"model.fid_samples must be >= 2: checkpoints follow val/fid; got {fid_samples}.")
-        super().__init__(
-            net, fid_samples=fid_samples, num_samples=num_samples, samples_path=samples_path, lr=lr, schedule="constant"
-        )
+        super().__init__(net, fid_samples=fid_samples, num_samples=num_samples, lr=lr, schedule="constant")
         self.betas = tuple(betas)
         self.label_smoothing = label_smoothing
         self.automatic_optimization = False

@@ -1,19 +1,19 @@
 """The shared part of the generative tasks: sample quality as `val/fid` / `test/fid`, sample grids, and `predict`
-writing a PNG grid of new samples.
+returning a grid of new samples (written by the CLI as the run's samples.png).
 
 Every generator is scored the same way: the Frechet distance (archlab.fid) between the features of the split's real
 images and of `fid_samples` generated ones, so GAN, VAE and autoencoder runs compare in one table.
 """
 
-from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from archlab.errors import ConfigError
 from archlab.fid import add_samples, make_fid
+from archlab.predictions import Images
 from archlab.tasks.base import Stage, Task
 from archlab.tasks.images import grid, log_grid
 
@@ -27,7 +27,6 @@ class GenerativeTask(Task):
         *,
         fid_samples: int = 1000,
         num_samples: int = 64,
-        samples_path: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(net, **kwargs)
@@ -37,11 +36,9 @@ class GenerativeTask(Task):
             raise ConfigError(f"model.num_samples (images in a sample grid) must be >= 1; got {num_samples}.")
         self.fid_samples = fid_samples
         self.num_samples = num_samples
-        self.samples_path = samples_path
-        # Where and how many samples `predict` writes is the caller's choice, not the run's: kept out of checkpoints,
-        # whose hyperparameters LightningCLI would otherwise lay over the command line's --model.samples_path.
-        for key in ("samples_path", "num_samples"):
-            self.hparams.pop(key, None)
+        # How many samples `predict` writes is the caller's choice, not the run's: kept out of checkpoints, whose
+        # hyperparameters LightningCLI would otherwise lay over the command line's --model.num_samples.
+        self.hparams.pop("num_samples", None)
         self.fid = make_fid() if fid_samples else None
         # The same noise every epoch, so the grids show one set of samples evolving.
         noise = torch.randn((num_samples, net.latent_dim), generator=torch.Generator().manual_seed(0))
@@ -51,12 +48,16 @@ class GenerativeTask(Task):
         """`n` new images (n, C, H, W) in [0, 1], from `noise` (n, latent_dim) when given."""
         raise NotImplementedError
 
+    def check_data(self, datamodule: L.LightningDataModule) -> None:
+        # Generated images, the FID's inputs and reconstruction targets are pixels in [0, 1]: standardised data is not.
+        if getattr(datamodule, "normalize", False):
+            raise ConfigError(
+                f"{type(self).__name__} needs pixels in [0, 1], but {type(datamodule).__name__} standardises them; "
+                "set data.normalize false"
+            )
+
     def update_real(self, x: Tensor) -> None:
         if self.fid is not None:
-            if x.min() < 0 or x.max() > 1:
-                raise ConfigError(
-                    "the FID compares images in [0, 1], but this batch holds values outside; set data.normalize false"
-                )
             self.fid.update(x, real=True)
 
     def log_fid(self, stage: Stage) -> None:
@@ -83,10 +84,7 @@ class GenerativeTask(Task):
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
         return {"samples": self.sample(len(batch[0])).cpu()}  # as many new images as the batch has
 
-    def write_predictions(self, outputs: list[dict[str, Tensor]], run_dir: Path) -> Path:
-        """The first `num_samples` generated images as one PNG grid, at `samples_path` or run_dir/samples.png."""
+    def predictions(self, outputs: list[dict[str, Tensor]]) -> Images:
+        """The first `num_samples` generated images as one grid."""
         samples = torch.cat([batch["samples"] for batch in outputs])[: self.num_samples]
-        path = Path(self.samples_path) if self.samples_path else Path(run_dir) / "samples.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torchvision.utils.save_image(grid(samples, nrow=int(len(samples) ** 0.5)), path)
-        return path
+        return Images(grid(samples, nrow=int(len(samples) ** 0.5)))

@@ -8,7 +8,6 @@ use it with `TextCorpus(stream=True)`, whose consecutive batches continue each o
 """
 
 import math
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -17,8 +16,8 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
 from archlab.errors import ConfigError
+from archlab.predictions import Texts
 from archlab.tasks.base import Stage, Task
-from archlab.tasks.sequence import clip_gradients
 
 
 def detach(state):
@@ -40,7 +39,6 @@ class LanguageModeling(Task):
         temperature: float = 0.8,
         top_k: int | None = None,
         sample_len: int = 300,
-        grad_clip: float | None = 1.0,
         **kwargs: Any,
     ) -> None:
         """`temperature`, `top_k` (None: the whole vocabulary) and `sample_len` shape the samples of predict."""
@@ -59,7 +57,6 @@ class LanguageModeling(Task):
         self.temperature = temperature
         self.top_k = top_k
         self.sample_len = sample_len
-        self.grad_clip = grad_clip
         self.train_nll = MeanMetric()
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
@@ -97,9 +94,6 @@ class LanguageModeling(Task):
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test")
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip_gradients(self, optimizer, self.grad_clip, gradient_clip_val, gradient_clip_algorithm)
-
     @torch.no_grad()
     def generate(self, prompt: Tensor) -> Tensor:
         """(B, P) prompt ids -> (B, P + sample_len): sampled with temperature and top-k, one token at a time."""
@@ -124,10 +118,7 @@ class LanguageModeling(Task):
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
         return {"tokens": self.generate(batch[0])}
 
-    def write_predictions(self, outputs: list[dict[str, Tensor]], run_dir: Path) -> Path:
-        """Decode the samples with the DataModule's vocabulary into run_dir/samples.txt."""
+    def predictions(self, outputs: list[dict[str, Tensor]]) -> Texts:
+        """The samples decoded with the DataModule's vocabulary."""
         decode = self.trainer.datamodule.decode
-        samples = [decode(row.tolist()) for batch in outputs for row in batch["tokens"]]
-        path = Path(run_dir) / "samples.txt"
-        path.write_text("".join(f"=== sample {i} ===\n{text}\n\n" for i, text in enumerate(samples)))
-        return path
+        return Texts([decode(row) for batch in outputs for row in batch["tokens"].tolist()])

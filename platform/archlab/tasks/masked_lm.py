@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 from archlab.errors import ConfigError
 from archlab.tasks.base import Stage, Task
@@ -44,15 +45,19 @@ class MaskedLanguageModeling(Task):
         net: nn.Module,
         *,
         vocab_size: int | None = None,
-        mask_id: int = 4,
-        num_specials: int = 5,
+        mask_id: int | None = None,
+        num_specials: int | None = None,
         mask_prob: float = 0.15,
         **kwargs: Any,
     ) -> None:
+        """`vocab_size`, `mask_id` and `num_specials` (ids below it are special tokens) are set by the DataModule."""
         super().__init__(net, **kwargs)
+        for key, value in (("vocab_size", vocab_size), ("mask_id", mask_id), ("num_specials", num_specials)):
+            if value is None:
+                raise ConfigError(f"model.{key} is not set and the data does not provide it; set model.{key}.")
         if not 0 < mask_prob < 1:
             raise ConfigError(f"model.mask_prob must be in (0, 1); got {mask_prob}.")
-        if vocab_size is None or not 0 <= mask_id < num_specials < vocab_size:
+        if not 0 <= mask_id < num_specials < vocab_size:
             raise ConfigError(
                 f"model.mask_id ({mask_id}) must be a special token below num_specials ({num_specials}),"
                 f" itself below vocab_size ({vocab_size})."
@@ -61,36 +66,44 @@ class MaskedLanguageModeling(Task):
         self.mask_id = mask_id
         self.num_specials = num_specials
         self.mask_prob = mask_prob
-        self.val_acc = MeanMetric()
-        self.test_acc = MeanMetric()
+        self.set_metrics({"acc": MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE)})
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
+        # Seeded at the start of every validation and test epoch: unshuffled loaders then see the same positions
+        # corrupted every epoch, so their losses compare across epochs. Training draws fresh positions every step.
+        self.eval_generator: torch.Generator | None = None
 
     def step(self, batch: tuple[Tensor, ...], stage: Stage) -> Tensor:
         ids = batch[0]  # (B, T)
-        # Val and test corrupt the same positions of a batch every epoch (seeded by its content): comparable epochs.
-        generator = None if stage == "train" else torch.Generator(ids.device).manual_seed(int(ids.sum()))
         inputs, labels = mask_tokens(
             ids,
             mask_id=self.mask_id,
             vocab_size=self.vocab_size,
             num_specials=self.num_specials,
             mask_prob=self.mask_prob,
-            generator=generator,
+            generator=None if stage == "train" else self.eval_generator,
         )
         logits = self.net(inputs)  # (B, T, vocab_size)
-        selected = labels != IGNORE
-        if not selected.any():
-            return logits.sum() * 0.0
-        loss = F.cross_entropy(logits[selected], labels[selected])
+        count = (labels != IGNORE).sum()
+        # The mean over the selected positions, and 0 (not NaN) for a batch where none was selected.
+        nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        loss = nll / count.clamp_min(1)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(ids))
         if stage != "train":
-            count = int(selected.sum())
             getattr(self, f"{stage}_nll").update(loss.detach(), weight=count)
-            acc = getattr(self, f"{stage}_acc")
-            acc.update((logits[selected].argmax(-1) == labels[selected]).float())
-            self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+            metrics = getattr(self, f"{stage}_metrics")
+            metrics.update(logits.detach().argmax(-1), labels)  # (B, T) each; accuracy over the selected positions
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def seed_masking(self) -> None:
+        self.eval_generator = torch.Generator(self.device).manual_seed(0)
+
+    def on_validation_epoch_start(self) -> None:
+        self.seed_masking()
+
+    def on_test_epoch_start(self) -> None:
+        self.seed_masking()
 
     def log_ppl(self, stage: Stage) -> None:
         nll = getattr(self, f"{stage}_nll")

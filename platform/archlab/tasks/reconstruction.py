@@ -60,7 +60,6 @@ class Reconstruction(GenerativeTask):
         sparsity_target: float = 0.05,
         fid_samples: int = 1000,
         num_samples: int = 64,
-        samples_path: str | None = None,
         weight_decay: float = 0.0,
         **kwargs: Any,
     ) -> None:
@@ -92,14 +91,7 @@ class Reconstruction(GenerativeTask):
                 f"model.sparsity_target must be in (0, 1) and model.sparsity_weight >= 0; got {sparsity_target} and "
                 f"{sparsity_weight}."
             )
-        super().__init__(
-            net,
-            fid_samples=fid_samples,
-            num_samples=num_samples,
-            samples_path=samples_path,
-            weight_decay=weight_decay,
-            **kwargs,
-        )
+        super().__init__(net, fid_samples=fid_samples, num_samples=num_samples, weight_decay=weight_decay, **kwargs)
         self.loss = loss
         self.beta = beta
         self.variational = variational
@@ -119,9 +111,7 @@ class Reconstruction(GenerativeTask):
         return torch.sigmoid(self.net(x).logits)  # (B, C, H, W) reconstructions in [0, 1]
 
     def step(self, batch: tuple[Tensor, ...], stage: Stage) -> Tensor:
-        x = batch[0]  # (B, C, H, W) in [0, 1]; labels are ignored
-        if x.min() < 0 or x.max() > 1:
-            raise ConfigError("Reconstruction needs pixels in [0, 1] (targets of BCE, FID); set data.normalize false")
+        x = batch[0]  # (B, C, H, W) in [0, 1] (check_data); labels are ignored
         noisy = corrupt(x, self.noise, self.noise_level)
         out = self.net(noisy)
         b = len(x)

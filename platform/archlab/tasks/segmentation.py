@@ -7,6 +7,7 @@ computed over all pixels of the split ("global"), per class, and averaged over t
 
 from typing import Any, ClassVar, Literal
 
+import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -76,16 +77,19 @@ class Segmentation(Task):
         )
         self._overlay_batch: tuple[Tensor, Tensor, Tensor] | None = None
 
+    def check_data(self, datamodule: L.LightningDataModule) -> None:
+        classes = getattr(datamodule, "shapes", {}).get("num_classes")
+        if classes is not None and classes != self.num_classes:
+            raise ConfigError(
+                f"model.num_classes is {self.num_classes} but the data ({type(datamodule).__name__}) has {classes} "
+                "classes; remove model.num_classes (and model.net.num_classes) so that the data sets them"
+            )
+
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
-        x, y = batch  # (B, C, H, W), (B, H, W)
-        if y.min() < 0 or y.max() >= self.num_classes:
-            raise ConfigError(
-                f"a mask holds label {int(y.max() if y.max() >= self.num_classes else y.min())}, outside "
-                f"0..{self.num_classes - 1} (num_classes={self.num_classes})"
-            )
+        x, y = batch  # (B, C, H, W), (B, H, W) with labels in 0..num_classes - 1 (the DataModule checks its masks)
         logits = self.net(x)  # (B, K, H, W)
         ce = F.cross_entropy(logits, y)
         dice = soft_dice_loss(logits, y)

@@ -5,18 +5,17 @@ https://arxiv.org/abs/1409.3215. The net has `encode(src) -> (memory, mask)` and
 (archlab.models.Transformer); batches are (src, tgt) with tgt = [BOS] target [EOS] [PAD]...
 """
 
-import csv
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassExactMatch
+from torchmetrics.functional.classification import multiclass_exact_match
 
 from archlab.errors import ConfigError
+from archlab.predictions import Table
 from archlab.tasks.base import Stage, Task
-from archlab.tasks.sequence import clip_gradients
 
 
 class Seq2Seq(Task):
@@ -30,23 +29,27 @@ class Seq2Seq(Task):
         self,
         net: nn.Module,
         *,
-        pad_id: int = 0,
-        bos_id: int = 1,
-        eos_id: int = 2,
+        pad_id: int | None = None,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
         label_smoothing: float = 0.0,
-        grad_clip: float | None = 1.0,
         **kwargs: Any,
     ) -> None:
+        """`pad_id`, `bos_id`, `eos_id`: the special tokens' ids, set by the DataModule (its `shapes`)."""
         super().__init__(net, **kwargs)
-        if not (hasattr(net, "encode") and hasattr(net, "decode")):
-            raise ConfigError(f"Seq2Seq needs an encoder-decoder net (encode, decode); got {type(net).__name__}.")
+        if not (hasattr(net, "encode") and hasattr(net, "decode") and hasattr(net, "vocab_size")):
+            raise ConfigError(
+                f"Seq2Seq needs an encoder-decoder net (encode, decode, vocab_size); got {type(net).__name__}."
+            )
+        for key, value in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
+            if value is None:
+                raise ConfigError(f"model.{key} is not set and the data does not provide it; set model.{key}.")
         self.pad_id = pad_id
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.label_smoothing = label_smoothing
-        self.grad_clip = grad_clip
-        self.val_exact = MeanMetric()
-        self.test_exact = MeanMetric()
+        # A sequence counts when it equals the target at every non-pad target position ([EOS] included).
+        self.set_metrics({"exact_match": MulticlassExactMatch(net.vocab_size, ignore_index=pad_id)})
 
     def step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
         src, tgt = batch  # (B, S), (B, L)
@@ -56,15 +59,10 @@ class Seq2Seq(Task):
         )
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(src))
         if stage != "train":
-            exact = getattr(self, f"{stage}_exact")
-            exact.update(self.exact_match(self.greedy(src, tgt.shape[1] - 1), tgt[:, 1:]))
-            self.log(f"{stage}/exact_match", exact, on_step=False, on_epoch=True, prog_bar=True)
+            metrics = getattr(self, f"{stage}_metrics")
+            metrics.update(self.greedy(src, tgt.shape[1] - 1), tgt[:, 1:])  # (B, L - 1) each
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
-
-    def exact_match(self, pred: Tensor, target: Tensor) -> Tensor:
-        """(B, L) each -> (B,) 1.0 where pred equals target at every non-pad target position (EOS included)."""
-        real = target != self.pad_id
-        return ((pred == target) | ~real).all(dim=1).float()
 
     @torch.no_grad()
     def greedy(self, src: Tensor, steps: int) -> Tensor:
@@ -79,24 +77,23 @@ class Seq2Seq(Task):
             out = torch.cat([out, token[:, None]], dim=1)
         return out[:, 1:]
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip_gradients(self, optimizer, self.grad_clip, gradient_clip_val, gradient_clip_algorithm)
-
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
         src, tgt = batch
         return {"source": src, "prediction": self.greedy(src, tgt.shape[1] - 1), "target": tgt[:, 1:]}
 
-    def write_predictions(self, outputs: list[dict[str, Tensor]], run_dir: Path) -> Path:
-        """run_dir/predictions.csv: source, prediction and target as text (the DataModule's `decode`)."""
+    def predictions(self, outputs: list[dict[str, Tensor]]) -> Table:
+        """Source, prediction and target as text (the DataModule's `decode`), and whether they match exactly."""
         decode = self.trainer.datamodule.decode
-        path = Path(run_dir) / "predictions.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["source", "prediction", "target", "exact"])
-            for batch in outputs:
-                exact = self.exact_match(batch["prediction"], batch["target"])
-                for src, pred, tgt, ok in zip(
-                    batch["source"], batch["prediction"], batch["target"], exact, strict=True
-                ):
-                    writer.writerow([decode(src.tolist()), decode(pred.tolist()), decode(tgt.tolist()), int(ok)])
-        return path
+        columns = {"source": [], "prediction": [], "target": [], "exact": []}
+        for batch in outputs:
+            exact = multiclass_exact_match(
+                batch["prediction"],
+                batch["target"],
+                self.net.vocab_size,
+                multidim_average="samplewise",
+                ignore_index=self.pad_id,
+            )  # (B,)
+            for key in ("source", "prediction", "target"):
+                columns[key] += [decode(row) for row in batch[key].tolist()]
+            columns["exact"] += exact.int().tolist()
+        return Table(columns, index=False)

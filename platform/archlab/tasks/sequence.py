@@ -3,6 +3,8 @@
 SequenceRegression: one real target per sequence (the adding problem), mean squared error.
 SequenceTagging: a class per step (copy memory), cross-entropy over every step; accuracy over the last `answer_len`
 steps, where the answer is (all steps when `answer_len` is None).
+Recurrent nets on long sequences have exploding gradients (Pascanu et al. 2013, https://arxiv.org/abs/1211.5063):
+their configs clip the gradient norm through the Trainer, `trainer.gradient_clip_val: 1.0`.
 """
 
 from typing import Any, ClassVar, Literal
@@ -28,11 +30,9 @@ class SequenceRegression(Task):
         *,
         weight_decay: float = 0.0,
         warmup: float = 0.05,
-        grad_clip: float | None = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(net, weight_decay=weight_decay, warmup=warmup, **kwargs)
-        self.grad_clip = grad_clip
         self.set_metrics({"mse": MeanSquaredError()})
 
     def step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
@@ -42,10 +42,6 @@ class SequenceRegression(Task):
         getattr(self, f"{stage}_metrics").update(pred.detach(), y)
         self.log_stage(stage, loss, batch_size=len(y))
         return loss
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # Recurrent nets on long sequences: exploding gradients (Pascanu et al. 2013, https://arxiv.org/abs/1211.5063).
-        clip_gradients(self, optimizer, self.grad_clip, gradient_clip_val, gradient_clip_algorithm)
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
         out = {"prediction": self.net(batch[0]).squeeze(-1)}
@@ -68,7 +64,6 @@ class SequenceTagging(Task):
         answer_len: int | None = None,
         weight_decay: float = 0.0,
         warmup: float = 0.05,
-        grad_clip: float | None = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(net, weight_decay=weight_decay, warmup=warmup, **kwargs)
@@ -78,7 +73,6 @@ class SequenceTagging(Task):
         if answer_len is not None and answer_len < 1:
             raise ConfigError(f"model.answer_len must be >= 1 or null (every step); got {answer_len}.")
         self.answer_len = answer_len
-        self.grad_clip = grad_clip
         self.set_metrics({"acc": MulticlassAccuracy(num_classes, average="micro")})
 
     def step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
@@ -90,18 +84,7 @@ class SequenceTagging(Task):
         self.log_stage(stage, loss, batch_size=len(y))
         return loss
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip_gradients(self, optimizer, self.grad_clip, gradient_clip_val, gradient_clip_algorithm)
-
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
         answer = slice(-self.answer_len, None) if self.answer_len else slice(None)
         correct = self.net(batch[0])[:, answer].argmax(-1) == batch[1][:, answer]
         return {"answer_acc": correct.float().mean(-1)}
-
-
-def clip_gradients(task: Task, optimizer, grad_clip: float | None, value, algorithm) -> None:
-    """The trainer's --trainer.gradient_clip_val wins; otherwise the task's own norm clip, if any."""
-    if value is None and grad_clip:
-        value, algorithm = grad_clip, "norm"
-    if value:
-        task.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
