@@ -556,6 +556,43 @@ def test_the_space_check_builds_the_data_once_and_each_probe_on_the_meta_device(
     assert builds == [(True, True, "meta")] + [(False, True, "meta")] * len(choices)
 
 
+def test_each_trial_builds_its_data_and_net_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    import torch
+
+    from archlab.data import Digits
+    from archlab.models import CNN
+
+    counts = {"data": 0, "loads": 0, "nets": 0, "meta_nets": 0}
+
+    def counting(fn, count):
+        @functools.wraps(fn)  # keeps the signature that jsonargparse reads
+        def wrapper(*args, **kwargs):
+            count()
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    def count_net() -> None:
+        counts["meta_nets" if torch.empty(0).is_meta else "nets"] += 1
+
+    monkeypatch.setattr(
+        Digits, "__init__", counting(Digits.__init__, lambda: counts.__setitem__("data", counts["data"] + 1))
+    )
+    monkeypatch.setattr(
+        Digits, "_load", counting(Digits._load, lambda: counts.__setitem__("loads", counts["loads"] + 1))
+    )
+    monkeypatch.setattr(CNN, "__init__", counting(CNN.__init__, count_net))
+    monkeypatch.chdir(tmp_path)
+    path = write_sweep(tmp_path, "once", n_trials=2, test_after_fit=False)
+    assert archlab_main(["sweep", "-c", str(path)]) == 0
+    # The space check: one DataModule for the base config (never set up, so never loaded) and a meta net for the base
+    # config and for each probe (the two ends of model.lr). Each of the two trials: one DataModule, loaded once, and
+    # one real net.
+    assert counts == {"data": 1 + 2, "loads": 2, "nets": 2, "meta_nets": 1 + 2}
+
+
 @pytest.mark.parametrize("sweep_file", sorted((ROOT / "configs/sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_sweep_file_validates(sweep_file: Path, tmp_path: Path) -> None:
     numeric_strings = [
