@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ARCHLAB_DEBUG"):
             raise
         print(f"archlab: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     return 0
 
 

@@ -1,12 +1,17 @@
-"""Errors that describe a mistake in what the user asked for.
+"""Errors the `archlab` command reports as one paragraph, without a traceback, with a documented exit status.
 
-The `archlab` command prints these as one paragraph, without a traceback, and exits with status 2.
+    2   a mistake in what the user asked for: a bad key, value, file or combination (ConfigError, DatasetNotFoundError,
+        CorruptFileError)
+    5   the run diverged: a loss or gradient became NaN or infinite (DivergedError)
+
 Set ARCHLAB_DEBUG=1 to see the traceback anyway.
 """
 
 
 class ArchlabError(Exception):
     """A user-facing error: the message names the bad key, value or file and what would be accepted."""
+
+    exit_code = 2
 
 
 class ConfigError(ArchlabError, ValueError):
@@ -15,3 +20,14 @@ class ConfigError(ArchlabError, ValueError):
 
 class DatasetNotFoundError(ArchlabError, FileNotFoundError):
     """A dataset is not on disk and may not be downloaded."""
+
+
+class CorruptFileError(ArchlabError):
+    """A file that exists but cannot be read as what it should be: truncated, random bytes, the wrong format, or a
+    pickle that would run code."""
+
+
+class DivergedError(ArchlabError):
+    """A non-finite loss or gradient stopped training; the message names the step."""
+
+    exit_code = 5
