@@ -340,8 +340,8 @@ def test_a_journal_trial_whose_process_died_is_failed_and_retried_once(tmp_path:
     assert sweep_storage.retried_number(retry) == lost.number and retry.params == {"x": 1.0}
 
 
-def test_sigterm_marks_the_running_trial_failed_at_once(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, "term", n_trials=2, fixed={"trainer.max_epochs": 20})
+def test_sigterm_fails_the_running_trial_and_the_next_run_resumes_it_within_the_budget(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, "term", n_trials=2, fixed={"trainer.max_epochs": 4})
     proc = subprocess.Popen(
         sweep_command("-c", str(path)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -352,9 +352,19 @@ def test_sigterm_marks_the_running_trial_failed_at_once(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
     study = sqlite_study(tmp_path, "term")
-    assert states(study) == {"FAIL": 1}
+    assert states(study) == {"FAIL": 1, "WAITING": 1}  # stopped at once, and queued again
     assert "SIGTERM" in study.trials[0].user_attrs["fail_reason"]
     assert b"interrupted" in out
+
+    rerun = run("-c", str(path), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = sqlite_study(tmp_path, "term")
+    # The retry took the interrupted trial's place: two trials of the budget of two ran to the end.
+    assert states(study) == {"FAIL": 1, "COMPLETE": 2}
+    retry = study.trials[1]
+    assert retry.params == study.trials[0].params
+    assert retry.user_attrs["resumed_from"] == str(tmp_path / "runs/term/trial-0000/checkpoints/last.ckpt")
+    assert retry.user_attrs["restored_global_step"] > 0  # continued, not started over
 
 
 def test_three_local_workers_share_a_journal_file_and_leave_no_trial_that_never_ran(tmp_path: Path) -> None:

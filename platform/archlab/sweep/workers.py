@@ -34,6 +34,7 @@ class Worker:
         self.study = study
         self.signal: int | None = None
         self.in_trial = False
+        self.interrupted: int | None = None  # the number of the trial a signal stopped
 
     def work(self) -> None:
         start, timeout = time.monotonic(), self.settings.cfg.timeout
@@ -52,13 +53,26 @@ class Worker:
                     continue
                 break
             self.study.optimize(self.objective, n_trials=1, catch=EXPECTED, gc_after_trial=True)
+        if self.interrupted is not None:
+            self.requeue(self.interrupted)
+
+    def requeue(self, number: int) -> None:
+        """Queue a retry of a trial that a signal stopped: the next run resumes it from its last checkpoint, in its
+        place in the budget, as it does for a trial whose worker died."""
+        (stopped,) = [t for t in self.study.get_trials(deepcopy=True) if t.number == number]
+        if stopped.state == TrialState.FAIL:
+            self.settings.storage.retry(self.study, stopped)
 
     def objective(self, trial: optuna.Trial) -> float:
         self.in_trial = True
         try:
             return run_trial(trial, self.settings)
+        except Interrupted:
+            self.interrupted = trial.number
+            raise
         except (KeyboardInterrupt, SystemExit) as error:
             self.signal = self.signal or signal.SIGINT
+            self.interrupted = trial.number
             trial.set_user_attr("fail_reason", f"interrupted ({type(error).__name__})")
             raise Interrupted(f"trial {trial.number} interrupted") from error
         finally:

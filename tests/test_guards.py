@@ -1,0 +1,71 @@
+"""The NaN guard on real training: a diverging run stops at the step its gradients went non-finite, or skips it."""
+
+import lightning as L
+import pytest
+import torch
+
+from archlab.data import Digits
+from archlab.errors import DivergedError
+from archlab.guards import NonFiniteGuard
+from archlab.models import CNN, DCGAN
+from archlab.tasks import Adversarial, Classification
+
+
+class PoisonAt(L.Callback):
+    """Make one training batch's inputs infinite, so its loss and gradients are non-finite at a known step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            batch[0].fill_(float("inf"))
+
+
+def trainer(*callbacks: L.Callback, steps: int = 6) -> L.Trainer:
+    return L.Trainer(
+        max_steps=steps, callbacks=list(callbacks), logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+
+
+def classification() -> tuple[Classification, Digits]:
+    data = Digits(batch_size=32, augment=False)
+    torch.manual_seed(0)
+    task = Classification(CNN(in_channels=1, num_classes=10, channels=[8], hidden_dim=16), schedule="constant")
+    return task, data
+
+
+def test_stop_names_the_step_and_leaves_the_weights_finite() -> None:
+    task, data = classification()
+    with pytest.raises(DivergedError, match=r"diverged at step 3 \(epoch 0\).*NaN or infinite.*--nonfinite skip"):
+        trainer(NonFiniteGuard("stop"), PoisonAt(3)).fit(task, datamodule=data)
+    assert all(torch.isfinite(p).all() for p in task.parameters())
+
+
+def test_skip_leaves_the_weights_and_optimizer_state_of_that_step_alone() -> None:
+    task, data = classification()
+    guard = NonFiniteGuard("skip")
+    fit = trainer(guard, PoisonAt(2), steps=5)
+    fit.fit(task, datamodule=data)
+    assert guard.skipped == 1
+    assert all(torch.isfinite(p).all() for p in task.parameters())
+    # AdamW counts the steps it took per parameter: the skipped one is missing.
+    (optimizer,) = fit.optimizers
+    steps = {float(s["step"]) for s in optimizer.state.values()}
+    assert steps == {4.0}
+
+
+def test_without_the_guard_the_same_run_trains_on_with_nan_weights() -> None:
+    task, data = classification()
+    trainer(PoisonAt(2), steps=4).fit(task, datamodule=data)
+    assert not all(torch.isfinite(p).all() for p in task.parameters())  # what the guard prevents
+
+
+def test_the_gans_manual_optimization_is_guarded_too() -> None:
+    data = Digits(batch_size=32, normalize=False)
+    torch.manual_seed(0)
+    task = Adversarial(DCGAN(in_channels=1, image_size=8, latent_dim=8, width=8), fid_samples=2)
+    with pytest.raises(DivergedError, match=r"diverged at step"):
+        trainer(NonFiniteGuard("stop"), PoisonAt(2)).fit(task, datamodule=data)
+    assert all(torch.isfinite(p).all() for p in task.parameters())
