@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from archlab import rundir, tracking
@@ -53,3 +56,53 @@ def test_run_dirs_are_unique_per_run(tmp_path, monkeypatch):
     second = rundir.new_run_dir(tmp_path, "exp").root
     assert first != second and first.parent == second.parent == tmp_path / "exp"
     assert first.is_dir() and second.is_dir()
+
+
+def test_mask_argv_masks_secrets_in_place_and_returns_the_original():
+    argv = [
+        "archlab", "fit", "--data.api_key", "k1", "--data.db_password=k2", "--data.root", "https://u:k3@host/x",
+        "--data", '{"class_path": "my.Data", "init_args": {"auth_token": "k4"}}', "--model.lr", "1.0e-3",
+    ]  # fmt: skip
+    original = list(argv)
+    assert tracking.mask_argv(argv) == original
+    assert argv == [
+        "archlab", "fit", "--data.api_key", "***", "--data.db_password=***", "--data.root", "https://u:***@host/x",
+        "--data", '{"class_path": "my.Data", "init_args": {"auth_token": "***"}}', "--model.lr", "1.0e-3",
+    ]  # fmt: skip
+    assert not any(secret in " ".join(argv) for secret in ("k1", "k2", "k3", "k4"))
+
+
+def test_redact_checkpoint_masks_hyperparameters_only():
+    weights = {"net.fc.weight": [1.0]}
+    checkpoint = {
+        "state_dict": weights,
+        "hyper_parameters": {"lr": 0.1, "net": {"init_args": {"api_key": "k"}}},
+        "datamodule_hyper_parameters": {"root": "https://u:pw@h/x", "db_password": "pw", "batch_size": 8},
+    }
+    assert tracking.redact_checkpoint(checkpoint) is checkpoint
+    assert checkpoint["hyper_parameters"] == {"lr": 0.1, "net": {"init_args": {"api_key": "***"}}}
+    assert checkpoint["datamodule_hyper_parameters"] == {
+        "root": "https://u:***@h/x",
+        "db_password": "***",
+        "batch_size": 8,
+    }
+    assert checkpoint["state_dict"] is weights
+
+
+def test_without_masked_drops_what_redact_masked():
+    redacted = tracking.redact({"lr": 0.1, "api_key": "k", "root": "https://u:pw@h/x", "net": {"token": "t", "dim": 8}})
+    assert tracking.without_masked(redacted) == {"lr": 0.1, "net": {"dim": 8}}
+
+
+def test_mask_logs_masks_url_passwords_in_lightnings_log_lines():
+    # In a process of its own, as the CLI runs: Lightning sets up its log handler only when the root logger has none.
+    code = (
+        "import lightning.pytorch\n"
+        "from lightning.pytorch.utilities import rank_zero_info\n"
+        "from archlab import tracking\n"
+        "tracking.mask_logs()\n"
+        "tracking.mask_logs()\n"  # idempotent: one filter per handler
+        "rank_zero_info('Restoring states from the checkpoint path at https://user:hunter2@host/x.ckpt')\n"
+    )
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert err.strip() == "Restoring states from the checkpoint path at https://user:***@host/x.ckpt"

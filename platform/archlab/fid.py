@@ -10,6 +10,7 @@ MNIST) and between runs of this code, never with published Inception FIDs, and i
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from archlab.errors import CorruptFileError
+from archlab.loading import UnsafeFileError, load_checkpoint
 from archlab.models.cnn import CNN
 
 # Bump when the classifier or its training changes, so an old cache is never read as the new one.
@@ -104,18 +107,39 @@ def train_digit_features(*, seed: int = 0) -> tuple[DigitFeatures, float]:
 
 def digit_features(directory: str | Path | None = None) -> DigitFeatures:
     """The cached feature extractor, trained (a few seconds) and cached under `directory` (default `cache_dir()`)
-    when absent. Never touches the network."""
+    when absent or unreadable. Never touches the network.
+
+    A cache file that is truncated, corrupt or of another version is rebuilt with a warning; one holding a pickle that
+    asks for Python objects is refused (CorruptFileError): it did not come from here, and the user should look at it.
+    """
     path = Path(directory or cache_dir()) / f"fid_digits_v{VERSION}.pt"
-    model = DigitFeatures()
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        return model
+        try:
+            state = load_checkpoint(path, what="the FID feature cache")
+        except UnsafeFileError as error:
+            raise CorruptFileError(f"{error} Delete {path} and the next run trains a fresh cache.") from None
+        except CorruptFileError as error:
+            warnings.warn(f"{error} Training a new FID feature cache over it (a few seconds).", stacklevel=2)
+        else:
+            model = DigitFeatures()
+            try:
+                if state.get("version") != VERSION:
+                    raise ValueError(f"version {state.get('version')!r}, not {VERSION}")
+                model.load_state_dict(state["state_dict"])
+                return model
+            except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as error:
+                warnings.warn(
+                    f"The FID feature cache {path} does not hold this version's classifier ({type(error).__name__}: "
+                    f"{str(error).strip().splitlines()[0][:200]}); training a new one over it (a few seconds).",
+                    stacklevel=2,
+                )
     trained, accuracy = train_digit_features()
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename: two runs that train at once each leave a whole file, never a torn one.
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
         torch.save({"state_dict": trained.state_dict(), "accuracy": accuracy, "version": VERSION}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(f.name, path)
     return trained
 

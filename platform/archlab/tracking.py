@@ -1,18 +1,31 @@
 """Who records a run: the experiment tracker, and secret redaction.
 
 W&B is the default tracker: online when the user has credentials, otherwise offline inside the run directory, to
-be uploaded later with `wandb sync`. CSV and TensorBoard are the alternatives; `none` records nothing.
+be uploaded later with `wandb sync`; online, a server that cannot be reached makes the run offline with a warning
+rather than failing it. CSV and TensorBoard are the alternatives; `none` records nothing.
+
+Secrets (values under secret-looking keys such as `api_key` or `db_password`, passwords inside URLs) are masked in
+everything a run writes: `redact` for configs and hyperparameters, `redact_checkpoint` for the hyperparameters inside
+a checkpoint, `mask_argv` for the command line that W&B copies into its run files, `mask_logs` for what Lightning
+logs (the checkpoint path it restores from). The objects that need a secret (a DataModule reading from a database,
+say) still receive the real value.
 """
 
+import csv
+import json
+import logging
 import netrc
 import os
 import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import yaml
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.loggers.logger import DummyLogger
+from lightning.pytorch.loggers.logger import DummyLogger, rank_zero_experiment
 
 Tracker = Literal["wandb", "csv", "tensorboard", "none"]
 # Whole key names only: `db_password`, `client_secret`, `api_key`, `auth_token` are secrets; `chars_per_token` is not.
@@ -22,6 +35,7 @@ SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)(?P<password>[^@/\s]+)(?P<tail>@)")
+MASK = "***"
 
 
 def mask_url(text: str) -> str:
@@ -32,12 +46,100 @@ def mask_url(text: str) -> str:
 def redact(value: Any) -> Any:
     """A copy of a config in which values under secret-looking keys and passwords inside URLs are masked."""
     if isinstance(value, dict):
-        return {k: "***" if SECRET_KEY.match(str(k)) and v else redact(v) for k, v in value.items()}
+        return {k: MASK if SECRET_KEY.match(str(k)) and v else redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(redact(v) for v in value)
     if isinstance(value, str):
         return mask_url(value)
     return value
+
+
+class MaskSecrets(logging.Filter):
+    """A logging filter that masks passwords inside URLs in every record it lets through. Lightning logs the
+    checkpoint path it restores from ("Restoring states from the checkpoint path at https://user:...@host/x.ckpt"):
+    `mask_logs()` puts this filter on the handlers of Lightning's loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_url(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def mask_logs(names: tuple[str, ...] = ("lightning.pytorch", "lightning.fabric", "")) -> None:
+    """Mask URL passwords in whatever the handlers of these loggers (Lightning's, and the root's) print."""
+    for name in names:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, MaskSecrets) for f in handler.filters):
+                handler.addFilter(MaskSecrets())
+
+
+def is_secret_key(key: str) -> bool:
+    """`api_key`, `data.init_args.db_password`, `--trainer.logger.init_args.api_key`: the last dotted part decides."""
+    return bool(SECRET_KEY.match(key.lstrip("-").rpartition(".")[2]))
+
+
+def redact_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Mask secrets in the hyperparameters Lightning copies into a checkpoint (the task's `hyper_parameters`, the
+    DataModule's `datamodule_hyper_parameters`), in place; call it from `on_save_checkpoint`. The weights and states
+    are left alone."""
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint[key] = redact(checkpoint[key])
+    return checkpoint
+
+
+def without_masked(value: Any) -> Any:
+    """A copy of a config without the entries that `redact` masked, so that hyperparameters read back from a
+    checkpoint never put "***" in place of the value the user gives now."""
+    if isinstance(value, dict):
+        return {k: without_masked(v) for k, v in value.items() if not _masked(v)}
+    if isinstance(value, list | tuple):
+        return type(value)(without_masked(v) for v in value)
+    return value
+
+
+def _masked(value: Any) -> bool:
+    return isinstance(value, str) and (value == MASK or f":{MASK}@" in value)
+
+
+def mask_argv(argv: list[str] | None = None) -> list[str]:
+    """Mask the secrets in a command line in place (sys.argv by default) and return a copy of the original.
+
+    W&B copies sys.argv into its run files (wandb-metadata.json), and so would anything else that records the
+    command. Call it once at start, after taking the real arguments for the parser and before any tracker starts:
+    `args = tracking.mask_argv()[1:]`. Masked: passwords inside URLs anywhere, the value after a secret-looking
+    option (`--data.api_key VALUE`, `--data.api_key=VALUE`), and secret keys inside an inline YAML/JSON value.
+    """
+    argv = sys.argv if argv is None else argv
+    original = list(argv)
+    secret_next = False
+    for i, arg in enumerate(original):
+        option, eq, _ = arg.partition("=")
+        if secret_next:
+            masked = MASK
+        elif arg.startswith("--") and eq and is_secret_key(option):
+            masked = f"{option}={MASK}"
+        else:
+            masked = _mask_inline(arg)
+        secret_next = arg.startswith("--") and not eq and is_secret_key(arg)
+        argv[i] = masked
+    return original
+
+
+def _mask_inline(arg: str) -> str:
+    """An argument with URL passwords masked, and, when it is an inline YAML/JSON mapping or list
+    (`--data '{"api_key": "..."}'`), its secret keys too."""
+    option, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    if value.lstrip().startswith(("{", "[")):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        if isinstance(parsed, dict | list) and redact(parsed) != parsed:
+            return f"{option}{eq}{json.dumps(redact(parsed))}"
+    return mask_url(arg)
 
 
 def wandb_has_credentials() -> bool:
@@ -58,9 +160,37 @@ def wandb_offline() -> bool:
     return not wandb_has_credentials()
 
 
+class OfflineFallbackWandbLogger(WandbLogger):
+    """Lightning's WandbLogger; online, a W&B server that cannot be reached (down, firewalled, a wrong
+    WANDB_BASE_URL) switches the run to offline, inside the run directory, with a warning saying how to upload it."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        import wandb
+
+        try:
+            return super().experiment
+        except wandb.errors.CommError as error:
+            if self._offline:
+                raise
+            server = mask_url(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+            reason = mask_url(str(error).strip().splitlines()[0])
+            warnings.warn(
+                f"W&B server {server} could not be reached ({reason}); this run is recorded offline in "
+                f"{self.save_dir} instead. Upload it later with `wandb sync {self.save_dir}/wandb/offline-run-*`.",
+                stacklevel=2,
+            )
+            # wandb read WANDB_MODE when it first set up: say offline to init itself.
+            self._offline = True
+            self._wandb_init["mode"] = "offline"
+            self._experiment = None
+            return super().experiment
+
+
 def make_logger(tracker: Tracker, run_dir: Path, *, experiment: str, project: str) -> Logger | bool:
     if tracker == "wandb":
-        return WandbLogger(
+        return OfflineFallbackWandbLogger(
             save_dir=str(run_dir),
             project=project,
             name=f"{experiment}/{run_dir.name}",
@@ -89,5 +219,22 @@ def describe(logger: Logger) -> str:
 
 def finish(logger: Logger) -> None:
     """Close a W&B run so the next run in this process never merges into it."""
-    if isinstance(logger, WandbLogger) and logger._experiment is not None:
-        logger.experiment.finish()
+    # wandb.run (public) is the logger's run once it started; asking the logger would start one that never did.
+    wandb = sys.modules.get("wandb")
+    if isinstance(logger, WandbLogger) and wandb is not None and (run := wandb.run) is not None:
+        run.finish()
+
+
+def keep_csv_history(logger: CSVLogger) -> None:
+    """A CSVLogger deletes an existing metrics.csv when it starts: a resumed run logs the earlier rows again first."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    logger.experiment  # noqa: B018 - starting the writer is what removes the file
+    for row in rows:
+        step = int(row.pop("step"))
+        values = {key: value for key, value in row.items() if value not in ("", None)}
+        logger.log_metrics({key: int(v) if v.lstrip("-").isdigit() else float(v) for key, v in values.items()}, step)
+    logger.save()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from archlab.data import Cells, OxfordPets, SegmentationFolder
 from archlab.data.segmentation import augment_pair, make_cells
-from archlab.errors import ConfigError, DatasetNotFoundError
+from archlab.errors import ConfigError, CorruptFileError, DatasetNotFoundError
 from formats import write_oxford_pets
 
 
@@ -146,3 +146,16 @@ def test_generated_labels_are_checked_at_setup(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr("archlab.data.segmentation.make_cells", bad_cells)
     with pytest.raises(ConfigError, match=r"train labels span 1..2, outside 0..1"):
         Cells(labels=2, val_size=1, test_size=1, image_size=16).setup()
+
+
+def test_segmentation_folder_corrupt_files_are_named(tmp_path: Path):
+    write_pairs(tmp_path, 4)
+    (tmp_path / "masks" / "2.png").write_bytes(b"not a png")
+    with pytest.raises(CorruptFileError, match=r"masks/2\.png cannot be read"):
+        SegmentationFolder(str(tmp_path))
+    write_pairs(tmp_path / "cut", 4)
+    mask = tmp_path / "cut" / "masks" / "3.png"
+    mask.write_bytes(mask.read_bytes()[:50])  # header intact: found when the masks are checked in setup
+    data = SegmentationFolder(str(tmp_path / "cut"), val_fraction=0.0, test_fraction=0.25)
+    with pytest.raises(CorruptFileError, match=r"masks/3\.png cannot be read"):
+        data.setup()

@@ -10,7 +10,7 @@ import torch
 
 from archlab.data import AddingProblem, CopyMemory, Dates, TextClassificationFile, TextCorpus, TopicClassification
 from archlab.data.text import CLS_ID, PAD_ID, SEP_ID, Vocabulary, pydoc_topics
-from archlab.errors import ConfigError, DatasetNotFoundError
+from archlab.errors import ConfigError, CorruptFileError, DatasetNotFoundError
 
 ENGLISH = [
     "The quick brown fox jumps over the lazy dog.\nIt was the best of times, it was the worst of times.",
@@ -232,3 +232,71 @@ def test_vocabulary_is_trained_once_and_setup_writes_no_file(tmp_path: Path, mon
         corpus.setup(stage)
     assert calls == ["char"]
     assert not list(tmp_path.rglob("tokenizer.json"))  # the CLI writes the run's files, not the DataModule
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"\x00\x01\x02binary\xff" * 100, ["is binary"]),
+        ("first line\ncaf\xe9\n".encode("latin-1"), ["is not UTF-8", "line 2", "0xe9"]),
+    ],
+)
+def test_a_binary_or_non_utf8_text_file_is_named(tmp_path: Path, content: bytes, words: list[str]):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    with pytest.raises(CorruptFileError) as raised:
+        TextCorpus(path=str(path))
+    assert all(word in str(raised.value) for word in [*words, str(path.resolve())])
+
+
+def write_reviews(path: Path, n: int = 20) -> list[str]:
+    lines = [json.dumps({"text": f"{word} review number {i}", "label": word}) for i in range(n) for word in ("a", "b")]
+    path.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('{"text": "unterminated, "label": "a"}', ["line 4 is not valid JSON"]),
+        ('["text", "a"]', ["line 4 holds a JSON list"]),
+        ('{"text": "no label here"}', ["line 4 has no 'label' value"]),
+        ('{"text": "empty label", "label": ""}', ["line 4 has no 'label' value"]),
+    ],
+)
+def test_a_malformed_jsonl_line_is_named(tmp_path: Path, line: str, words: list[str]):
+    path = tmp_path / "reviews.jsonl"
+    lines = write_reviews(path)
+    lines[3] = line
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises((ConfigError, CorruptFileError)) as raised:
+        TextClassificationFile(str(path))
+    assert all(word in str(raised.value) for word in [*words, str(path.resolve())])
+
+
+def test_a_csv_row_without_its_label_is_named_not_a_class(tmp_path: Path):
+    path = tmp_path / "reviews.csv"
+    rows = [f"{word} review {i},{word}" for i in range(20) for word in ("good", "bad")]
+    path.write_text("text,label\n" + "\n".join(rows[:5]) + "\njust some text\n" + "\n".join(rows[5:]) + "\n")
+    with pytest.raises(ConfigError, match=r"line 7 has no 'label' value \(a short row\)"):
+        TextClassificationFile(str(path))
+    path.write_bytes(path.read_bytes().replace(b"just some text", b"caf\xe9,good"))
+    with pytest.raises(CorruptFileError, match="is not UTF-8: byte 0xe9 on line 7"):
+        TextClassificationFile(str(path))
+
+
+def test_a_vocabulary_checkpoint_is_read_without_unpickling_objects(tmp_path: Path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').close()",)
+
+    path = tmp_path / "vocab.ckpt"
+    torch.save({"TextCorpus": {"vocabulary": Payload()}}, path)
+    with pytest.raises(CorruptFileError, match="refused"):
+        TextCorpus(vocab_path=str(path))
+    assert not marker.exists()
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(CorruptFileError, match=r"tokenizer\.json is not a vocabulary"):
+        TextCorpus(vocab_path=str(tmp_path / "tokenizer.json"))

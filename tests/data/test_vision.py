@@ -14,7 +14,7 @@ from PIL import Image
 from archlab.data import CIFAR10, CIFAR100, MNIST, Digits, FashionMNIST, ImageFolder, VisionDataModule
 from archlab.data.base import TensorBatchDataset
 from archlab.data.vision import random_crop_flip
-from archlab.errors import ConfigError, DatasetNotFoundError
+from archlab.errors import ConfigError, CorruptFileError, DatasetNotFoundError
 from formats import (
     CIFAR10_LABEL_NAMES,
     CIFAR100_FINE_LABEL_NAMES,
@@ -398,3 +398,62 @@ def test_trainer_augments_training_batches_only() -> None:
     assert unchanged.sum() < len(unchanged) / 2
     (labels,) = trainer.predict(model, datamodule=dm)  # fast_dev_run: one batch
     assert torch.equal(labels, dm.dataset("test").y[:64])
+
+
+class Payload:
+    """Unpickled in full, creates `marker`: what a planted dataset file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def test_a_planted_cifar_batch_is_refused_without_running(tmp_path: Path) -> None:
+    import pickle
+
+    folder = write_cifar(tmp_path, "cifar10", n_train=20, n_test=10)
+    marker = tmp_path / "ran"
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Payload(marker), b"labels": [0]}, protocol=2))
+    dm = CIFAR10(root=str(tmp_path), batch_size=4)
+    with pytest.raises(
+        CorruptFileError, match=r"data_batch_3 asks the unpickler for (__builtin__|builtins)\.exec.*refused"
+    ):
+        dm.setup()
+    assert not marker.exists()
+    pickle.loads((folder / "data_batch_3").read_bytes())  # the payload is real: full unpickling runs it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda data: data[: len(data) // 2], "truncated"),
+        (lambda data: bytes(len(data)), "cannot be read"),
+        (lambda data: __import__("pickle").dumps({b"data": [1, 2, 3], b"labels": [0]}, protocol=2), "shape"),
+    ],
+)
+def test_a_damaged_cifar_batch_is_named(tmp_path: Path, damage, words: str) -> None:
+    folder = write_cifar(tmp_path, "cifar10", n_train=20, n_test=10)
+    batch = folder / "test_batch"
+    batch.write_bytes(damage(batch.read_bytes()))
+    with pytest.raises(CorruptFileError, match=words) as error:
+        CIFAR10(root=str(tmp_path), batch_size=4).setup()
+    assert str(batch.resolve()) in str(error.value)
+
+
+def test_a_corrupt_image_is_named_at_setup_and_a_truncated_one_when_read(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "folder")
+    (root / "bee" / "4.png").write_bytes(b"not an image")
+    with pytest.raises(CorruptFileError, match=r"bee/4\.png cannot be read"):
+        ImageFolder(str(root), batch_size=4).setup()
+    (root / "bee" / "4.png").unlink()
+    cut = root / "cow" / "2.png"
+    cut.write_bytes(cut.read_bytes()[:70])  # the header survives, the pixels do not
+    dm = ImageFolder(str(root), batch_size=4, normalize=False)
+    dm.setup()
+    with pytest.raises(CorruptFileError, match=r"cow/2\.png cannot be read"):
+        for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+            for _batch in loader:
+                pass

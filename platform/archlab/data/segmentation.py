@@ -26,6 +26,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
 from archlab.data.base import ImageDataModule, TensorBatchDataset, check_fraction, split_indices
+from archlab.data.image_files import image_size as file_image_size
+from archlab.data.image_files import read_image
 from archlab.errors import ConfigError, DatasetNotFoundError
 
 PET_TRIMAP_CLASSES = ["background", "pet", "border"]
@@ -308,10 +310,9 @@ class OxfordPets(SegmentationDataModule):
         return {"train": Subset(trainval, train.tolist()), "val": Subset(trainval, val.tolist()), "test": pets("test")}
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, *, name: str = "SegmentationFolder") -> np.ndarray:
     """A mask file as (H, W) int64 class indices."""
-    with Image.open(path) as mask:
-        return np.array(mask, dtype=np.int64)
+    return np.array(read_image(path, None, name=name), dtype=np.int64)
 
 
 class MaskFiles(Dataset):
@@ -327,8 +328,8 @@ class MaskFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image_path, mask_path = self.pairs[index]
-        with Image.open(image_path) as image:
-            x = to_square(image.convert(self.mode), self.image_size, Image.Resampling.BILINEAR)
+        image = read_image(image_path, self.mode, name="SegmentationFolder")
+        x = to_square(image, self.image_size, Image.Resampling.BILINEAR)
         labels = Image.fromarray(read_mask(mask_path).astype(np.int32))
         y = to_square(labels, self.image_size, Image.Resampling.NEAREST)
         return x, y[0].long()
@@ -393,12 +394,12 @@ class SegmentationFolder(SegmentationDataModule):
             )
         pairs = [(images[stem], masks[stem]) for stem in sorted(images)]
         for image_path, mask_path in pairs:
-            with Image.open(image_path) as image, Image.open(mask_path) as mask:
-                if image.size != mask.size:
-                    raise ConfigError(
-                        f"SegmentationFolder: {image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} "
-                        f"is {mask.size[0]}x{mask.size[1]}; an image and its mask must have the same size"
-                    )
+            size, mask_size = file_image_size(image_path, name=self.name), file_image_size(mask_path, name=self.name)
+            if size != mask_size:
+                raise ConfigError(
+                    f"SegmentationFolder: {image_path} is {size[0]}x{size[1]} but its mask {mask_path} "
+                    f"is {mask_size[0]}x{mask_size[1]}; an image and its mask must have the same size"
+                )
         return pairs
 
     def check_masks(self) -> None:

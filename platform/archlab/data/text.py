@@ -15,6 +15,7 @@ exactly the vocabulary the model was trained with; the CLI also writes it beside
 """
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from archlab.data.base import DataModule, TensorBatchDataset, check_fraction, split_indices
-from archlab.errors import ConfigError, DatasetNotFoundError
+from archlab.errors import ConfigError, CorruptFileError, DatasetNotFoundError
+from archlab.loading import load_checkpoint
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIALS))
@@ -41,6 +43,24 @@ def pydoc_topics() -> dict[str, str]:
     return dict(sorted(topics.items()))
 
 
+def read_text(file: Path, *, what: str = "data.path") -> str:
+    """A file's text as UTF-8; a binary or non-UTF-8 file is a CorruptFileError naming it and the first bad byte."""
+    data = file.read_bytes()
+    if b"\x00" in data[:65536]:
+        raise CorruptFileError(
+            f"{what}: {file.resolve()} is binary (it holds NUL bytes), not text; give UTF-8 text files "
+            f"({', '.join(TEXT_SUFFIXES)}) or remove it from the folder."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise CorruptFileError(
+            f"{what}: {file.resolve()} is not UTF-8: byte 0x{data[error.start]:02x} on line {line} (offset "
+            f"{error.start}) cannot be decoded; convert the file, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`."
+        ) from None
+
+
 def read_documents(path: str | None) -> dict[str, str]:
     """{name: text}: pydoc's topics (path None), each text file of a folder, or the paragraphs of one file."""
     if path is None:
@@ -48,9 +68,9 @@ def read_documents(path: str | None) -> dict[str, str]:
     source = Path(path)
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-        docs = {str(p.relative_to(source)): p.read_text(encoding="utf-8", errors="replace") for p in files}
+        docs = {str(p.relative_to(source)): read_text(p) for p in files}
     elif source.is_file():
-        text = source.read_text(encoding="utf-8", errors="replace")
+        text = read_text(source)
         paragraphs = [p.strip("\n") for p in text.replace("\r\n", "\n").split("\n\n")]
         docs = {f"{source.name}:{i}": p for i, p in enumerate(paragraphs) if p.strip()}
     else:
@@ -118,13 +138,24 @@ class Vocabulary:
                 f"data.vocab_path {file.resolve()} does not exist; pass the tokenizer.json of an earlier run "
                 "(runs/<experiment>/<time>/tokenizer.json) or its checkpoint."
             )
-        if file.suffix != ".ckpt":
-            return cls.from_json(file.read_text())
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-        for value in checkpoint.values():
-            if isinstance(value, dict) and isinstance(value.get("vocabulary"), str):
-                return cls.from_json(value["vocabulary"])
-        raise ConfigError(f"data.vocab_path: checkpoint {file} holds no text vocabulary (it is not from a text run).")
+        if file.suffix == ".ckpt":
+            checkpoint = load_checkpoint(file, what="data.vocab_path")
+            for value in checkpoint.values():
+                if isinstance(value, dict) and isinstance(value.get("vocabulary"), str):
+                    return cls.from_json(value["vocabulary"])
+            raise ConfigError(
+                f"data.vocab_path: checkpoint {file} holds no text vocabulary (it is not from a text run)."
+            )
+        try:
+            return cls.from_json(read_text(file, what="data.vocab_path"))
+        except CorruptFileError:
+            raise
+        except Exception as error:  # not JSON, or JSON that `tokenizers` cannot read
+            raise CorruptFileError(
+                f"data.vocab_path: {file.resolve()} is not a vocabulary archlab or `tokenizers` can read "
+                f"({type(error).__name__}: {str(error).strip()[:200]}); pass the tokenizer.json or checkpoint "
+                "of an earlier run."
+            ) from None
 
     def to_json(self) -> str:
         if self.tokens is not None:
@@ -443,20 +474,58 @@ class TextClassificationFile(TextClassification):
                 f"TextClassificationFile: data.path {file.resolve()} does not exist; give a "
                 "CSV with a header row or a JSONL file of {text, label} records."
             )
-        if file.suffix.lower() in (".jsonl", ".json"):
-            lines = file.read_text(encoding="utf-8").splitlines()
-            records = [json.loads(line) for line in lines if line.strip()]
-        elif file.suffix.lower() in (".csv", ".tsv"):
-            with file.open(newline="", encoding="utf-8") as f:
-                records = list(csv.DictReader(f, delimiter="\t" if file.suffix.lower() == ".tsv" else ","))
-        else:
+        suffix = file.suffix.lower()
+        if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
             raise ConfigError(f"TextClassificationFile: data.path {file} must end in .csv, .tsv or .jsonl.")
+        text = read_text(file)
+        records = read_jsonl(file, text) if suffix in (".jsonl", ".json") else read_csv(file, text, suffix == ".tsv")
         if not records:
-            raise ConfigError(f"TextClassificationFile: {file} holds no records.")
+            raise ConfigError(f"TextClassificationFile: {file.resolve()} holds no records.")
         for key in (text_key, label_key):
-            if key not in records[0]:
+            if key not in records[0][1]:
                 raise ConfigError(
-                    f"TextClassificationFile: {file} has no {key!r} field (fields: "
-                    f"{sorted(records[0])}); set data.text_key / data.label_key."
+                    f"TextClassificationFile: {file.resolve()} has no {key!r} field (fields: "
+                    f"{sorted(str(k) for k in records[0][1])}); set data.text_key / data.label_key."
                 )
-        self.prepare([str(r[text_key]) for r in records], [str(r[label_key]) for r in records])
+        for line, record in records:
+            for key in (text_key, label_key):
+                if record.get(key) is None or str(record[key]).strip() == "":
+                    raise ConfigError(
+                        f"TextClassificationFile: {file.resolve()} line {line} has no {key!r} value "
+                        f"({'a short row' if suffix in ('.csv', '.tsv') else 'the field is missing or empty'}); "
+                        "every record needs a text and a label. Fix or remove the line."
+                    )
+        self.prepare([str(r[text_key]) for _, r in records], [str(r[label_key]) for _, r in records])
+
+
+def read_jsonl(file: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank line, each a JSON object."""
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CorruptFileError(
+                f"TextClassificationFile: {file.resolve()} line {number} is not valid JSON ({error.msg} at column "
+                f"{error.colno}); a JSONL file holds one JSON object per line."
+            ) from None
+        if not isinstance(record, dict):
+            raise CorruptFileError(
+                f"TextClassificationFile: {file.resolve()} line {number} holds a JSON {type(record).__name__}, "
+                'not an object; each line must be an object such as {"text": "...", "label": "..."}.'
+            )
+        records.append((number, record))
+    return records
+
+
+def read_csv(file: Path, text: str, tsv: bool) -> list[tuple[int, dict]]:
+    """(line number, record) for each row after the header; a short row leaves its missing fields None."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",")
+    try:
+        return [(reader.line_num, row) for row in reader]
+    except csv.Error as error:
+        raise CorruptFileError(
+            f"TextClassificationFile: {file.resolve()} line {reader.line_num} is not valid CSV ({error})."
+        ) from None

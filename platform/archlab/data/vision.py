@@ -18,14 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms.v2 import functional as TF
 
 from archlab.data.base import ImageDataModule, TensorBatchDataset, check_fraction, split_indices
-from archlab.errors import ConfigError, DatasetNotFoundError
+from archlab.data.image_files import check_images, read_image
+from archlab.errors import ConfigError, CorruptFileError, DatasetNotFoundError
+from archlab.tracking import mask_url
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_CLASSES = [
@@ -62,8 +63,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = image.convert(self.mode)
+        image = read_image(path, self.mode, name="ImageFolder")
         image = TF.center_crop(TF.resize(image, [self.image_size]), [self.image_size, self.image_size])
         return TF.pil_to_tensor(image), label  # (C, S, S) uint8
 
@@ -167,6 +167,11 @@ class VisionDataModule(ImageDataModule):
         return []
 
     def _check_files(self) -> None:
+        if "://" in self.root and self._required_files():
+            raise DatasetNotFoundError(
+                f"{self.name}: data.root must be a local directory, got the URL {mask_url(self.root)}; download the "
+                "files there with --data.download true, or pass the directory that holds them"
+            )
         missing = [path for path in self._required_files() if not path.is_file()]
         if missing:
             directory = missing[0].parent.resolve()
@@ -262,17 +267,76 @@ class FashionMNIST(MNIST):
     source = torchvision.datasets.FashionMNIST
 
 
+# Everything a CIFAR python batch asks the unpickler for: numpy arrays (their class, dtype and reconstruction) and
+# the codec that Python 3 pickles of bytes name. Python 2's cPickle wrote numpy.core; numpy 2 writes numpy._core.
+CIFAR_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+}
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a class or function outside the allowed ones; the message is its `module.name`."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays, lists, dicts and plain values, and refuses any other class or function.
+
+    A CIFAR batch is a pickle, and `pickle.load` runs whatever the file asks for, so a file planted under
+    `--data.root` would run code. torchvision guards its own reader with the md5 of each official batch; archlab
+    reads the batches itself (whole arrays, no per-sample PIL images) and guards them here instead, which also
+    accepts batches written by other tools (a subset, a re-export) whose md5 differs: nothing outside
+    CIFAR_PICKLE_GLOBALS can be built, so nothing can run.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in CIFAR_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise RefusedGlobal(f"{module}.{name}")
+
+
 def read_cifar_batches(paths: list[Path], label_key: bytes) -> tuple[Tensor, Tensor]:
     """Images (N, 3, 32, 32) uint8 and labels (N,) int64 from CIFAR python pickle batches."""
     images, labels = [], []
     for path in paths:
         with path.open("rb") as file:
-            # encoding="bytes" as on the CIFAR page: the batches are Python 2 pickles, so the keys come back as bytes.
-            batch = pickle.load(file, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8))  # (n, 3072), channel-major rows
-        labels.extend(batch[label_key])
+            try:
+                # encoding="bytes" as on the CIFAR page: the batches are Python 2 pickles, so keys come back as bytes.
+                batch = CifarUnpickler(file, encoding="bytes").load()
+                data = np.asarray(batch[b"data"], dtype=np.uint8)  # (n, 3072), channel-major rows
+                batch_labels = [int(label) for label in batch[label_key]]
+            except RefusedGlobal as error:
+                raise CorruptFileError(
+                    f"CIFAR batch {path.resolve()} asks the unpickler for {error}, which no CIFAR batch holds: "
+                    "refused without running it (archlab builds only numpy arrays and plain values from dataset "
+                    "pickles). Delete the folder and download the dataset again with --data.download true."
+                ) from None
+            except Exception as error:  # truncated, random bytes, another format, missing keys
+                raise _corrupt_cifar(path, error) from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch_labels):
+            raise CorruptFileError(
+                f"CIFAR batch {path.resolve()} holds data of shape {data.shape} and {len(batch_labels)} labels; a "
+                "batch holds (n, 3072) uint8 rows and n labels. Delete the folder and download it again with "
+                "--data.download true."
+            )
+        images.append(data)
+        labels.extend(batch_labels)
     x = torch.from_numpy(np.concatenate(images)).view(-1, 3, 32, 32)
     return x, torch.tensor(labels, dtype=torch.long)
+
+
+def _corrupt_cifar(path: Path, error: Exception) -> CorruptFileError:
+    reason = f"{type(error).__name__}: {str(error).strip()[:200]}" if str(error).strip() else type(error).__name__
+    return CorruptFileError(
+        f"CIFAR batch {path.resolve()} cannot be read as a CIFAR python batch ({reason}); it is truncated, corrupt "
+        "or not from the CIFAR python version. Delete the folder and download the dataset again with "
+        "--data.download true."
+    )
 
 
 class CIFAR10(VisionDataModule):
@@ -404,6 +468,7 @@ class ImageFolder(VisionDataModule):
         for split in ("val", "test"):
             if split in self._split_dirs:
                 samples[split] = make_dataset(self._split_dirs[split], class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+        check_images((path for split_samples in samples.values() for path, _label in split_samples), name=self.name)
         return {
             split: ImageFiles(split_samples, image_size=self.image_size, in_channels=self.in_channels)
             for split, split_samples in samples.items()

@@ -20,6 +20,7 @@ from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict, spli
 from torch import Tensor, nn
 
 from archlab.errors import ConfigError
+from archlab.loading import unreadable
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -70,10 +71,12 @@ class TimmNet(nn.Module):
             self.model = timm.create_model(
                 name, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, **kwargs
             )
-        except (RuntimeError, KeyError, ValueError) as e:  # weights that do not fit the architecture
+        except Exception as e:  # weights that do not fit the architecture, or an unreadable cached file
             if overlay is None:
                 raise
-            source = "from the local cache" if pretrained is True else f"from {str(pretrained)!r}"
+            if "file" in overlay and not isinstance(e, RuntimeError | KeyError | ValueError):
+                raise unreadable(e, Path(overlay["file"]), what=f"model.net.pretrained ({name})") from None
+            source = f"from the local cache ({overlay.get('file')})" if pretrained is True else f"from {pretrained!r}"
             raise ConfigError(
                 f"Could not load the pretrained weights {source} into timm model {name!r}: {type(e).__name__}: {e}"
             ) from e
@@ -114,15 +117,16 @@ def _file_weights(name: str, path: Path, cfg: PretrainedCfg | None) -> dict:
     """Return a pretrained_cfg overlay that loads `path`, keeping its classifier when its class count matches."""
     if not path.is_file():
         raise ConfigError(
-            f"Pretrained weights file {str(path)!r} for timm model {name!r} does not exist; `pretrained` takes true "
-            f"(timm's weights from the local cache), false, or the path of a .safetensors / .pth file."
+            f"Pretrained weights file {path.resolve()} for timm model {name!r} does not exist; `pretrained` takes "
+            f"true (timm's weights from the local cache), false, or the path of a .safetensors / .pth file."
         )
     if path.suffix == ".npz":  # original JAX / big_vision checkpoints, read by the model's own loader
         return {"file": str(path), "custom_load": True}
     try:
-        state_dict = load_state_dict(str(path))
+        # safetensors never unpickles; any other file goes through torch.load(weights_only=True) inside timm.
+        state_dict = load_state_dict(str(path), weights_only=True)
     except Exception as e:
-        raise ConfigError(f"Could not read pretrained weights from {str(path)!r}: {type(e).__name__}: {e}") from e
+        raise unreadable(e, path, what=f"model.net.pretrained ({name})") from None
     overlay = {"state_dict": state_dict}
     classifier = cfg.classifier if cfg is not None else None
     classifier = classifier[0] if isinstance(classifier, tuple | list) else classifier

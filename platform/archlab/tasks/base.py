@@ -10,7 +10,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from archlab import tracking
 from archlab.errors import ConfigError
+from archlab.loading import check_state_dict
 from archlab.predictions import Images, Table, Texts
 
 Stage = Literal["train", "val", "test"]
@@ -71,6 +73,15 @@ class Task(L.LightningModule):
         for logger in self.loggers:
             logger.log_hyperparams({"model/params": self.num_params})
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning copies the task's and the DataModule's constructor arguments into every checkpoint: no secrets.
+        tracking.redact_checkpoint(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Before Lightning's strict load: a checkpoint of another architecture is one paragraph listing its keys.
+        if self.strict_loading:
+            check_state_dict(self, checkpoint, source=self.trainer.ckpt_path or "the checkpoint")
+
     def configure_optimizers(self):
         hp = self.hparams
         decay, no_decay = [], []
@@ -88,8 +99,12 @@ class Task(L.LightningModule):
                 "model.schedule 'cosine' needs a finite run: set trainer.max_epochs or trainer.max_steps, "
                 "or use model.schedule constant."
             )
+        steps = max(int(total), 1)
+        # OneCycleLR divides by its warmup length in steps less one (pct_start * total_steps - 1): zero, and a
+        # ZeroDivisionError, when the warmup is exactly one step (10 steps at warmup 0.1). One step is no warmup.
+        warmup = 0.0 if hp.warmup * steps == 1 else hp.warmup
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp.lr, total_steps=max(int(total), 1), pct_start=hp.warmup, anneal_strategy="cos"
+            optimizer, max_lr=hp.lr, total_steps=steps, pct_start=warmup, anneal_strategy="cos"
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
