@@ -1,14 +1,21 @@
 """The NaN guard on real training: a diverging run stops at the step its gradients went non-finite, or skips it."""
 
+import json
+import re
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
 
+from archlab import cli
 from archlab.data import Digits
 from archlab.errors import DivergedError
 from archlab.guards import NonFiniteGuard
 from archlab.models import CNN, DCGAN
 from archlab.tasks import Adversarial, Classification
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class PoisonAt(L.Callback):
@@ -69,3 +76,37 @@ def test_the_gans_manual_optimization_is_guarded_too() -> None:
     with pytest.raises(DivergedError, match=r"diverged at step"):
         trainer(NonFiniteGuard("stop"), PoisonAt(2)).fit(task, datamodule=data)
     assert all(torch.isfinite(p).all() for p in task.parameters())
+
+
+def test_archlab_fit_stops_a_diverging_run_with_exit_5_and_no_checkpoint(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # The issue's probe: `--model.lr 1.0e+6` used to exit 0 with every weight of best.ckpt NaN and marked best.
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--model.lr", "1.0e+6", "--tracker", "csv"]
+    args += ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--model.net.channels", "[8]"]
+    assert cli.main(args) == 5
+    err = capsys.readouterr().err
+    assert re.search(r"archlab: error: training diverged at step \d+ \(epoch 0\)", err), err[-2000:]
+    (run,) = (tmp_path / "runs/cnn_digits").iterdir()
+    assert not list(run.rglob("*.ckpt"))
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and status["exit_code"] == 5
+
+
+def test_archlab_fit_with_nonfinite_skip_trains_past_a_poisoned_batch(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # One batch of infinite inputs at step 3: its step is skipped, and the BatchNorm statistics its forward pass
+    # moved are put back, so every tensor of every checkpoint (buffers included) stays finite.
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--tracker", "csv", "--nonfinite", "skip"]
+    args += ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--model.net.channels", "[8]"]
+    assert cli.main([*args, "--test_after_fit", "false"], callbacks=[PoisonAt(3)]) == 0
+    assert "nonfinite: skipped 1 step(s)" in capsys.readouterr().out
+    (run,) = (tmp_path / "runs/cnn_digits").iterdir()
+    checkpoints = sorted(run.rglob("*.ckpt"))
+    assert [path.name for path in checkpoints] == ["best.ckpt", "last.ckpt"]
+    for path in checkpoints:
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path

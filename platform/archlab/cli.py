@@ -5,7 +5,11 @@
 
 `fit` trains, then tests the best checkpoint and prints one table of metrics. Every run gets its own directory,
 runs/<experiment>/<time>/ (laid out by archlab.rundir), holding the resolved config, checkpoints, predictions and the
-tracker's files.
+tracker's files, and held by one live command at a time (a lock file).
+
+A run survives kills: `archlab fit --resume RUN` continues it from its latest valid checkpoint, exactly (archlab.
+checkpoints), in the same tracker run. SIGTERM and Ctrl-C save a checkpoint at the next batch boundary and exit with
+143 and 130.
 
 Everything is built once per command: the DataModule (and its vocabulary), the net (and any weights it loads from
 --init_from), the task. LightningCLI's own instantiation receives the DataModule and net already built.
@@ -16,6 +20,7 @@ import importlib
 import inspect
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -30,14 +35,27 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from archlab import tracking
-from archlab.errors import ArchlabError, ConfigError, DatasetNotFoundError
+from archlab.checkpoints import (
+    AtomicCheckpointIO,
+    ExactResume,
+    LastCheckpoint,
+    check_frequency,
+    expand_resume,
+    latest_checkpoint,
+)
+from archlab.errors import ArchlabError, ConfigError, CorruptFileError, RunInterrupted
+from archlab.guards import NonFiniteGuard, Policy
+from archlab.loading import load_checkpoint, load_weights
 from archlab.predictions import PredictionWriter
-from archlab.rundir import RunDir, new_run_dir
+from archlab.rundir import RunDir, RunLock, is_primary_process, new_run_dir, write_atomic
 from archlab.tasks import Task
 
 
@@ -52,9 +70,13 @@ class RunConfig(SaveConfigCallback):
         run = RunDir(trainer.default_root_dir)
         for logger in trainer.loggers:
             logger.log_hyperparams({**config, "run_dir": str(run.root)})
-        # The file reruns the run elsewhere: `archlab test -c RUN/config.yaml` must not write into (and over) RUN.
-        run.config.parent.mkdir(parents=True, exist_ok=True)
-        run.config.write_text(yaml.safe_dump({**config, "run_dir": None}, sort_keys=False))
+            if isinstance(logger, WandbLogger) and logger.version:
+                # `--resume` continues this W&B run, by its id.
+                run.wandb_id.write_text(f"{logger.version}\n")
+        # The file reruns the run elsewhere: `archlab test -c RUN/config.yaml` must not write into (and over) RUN,
+        # nor resume from its checkpoint.
+        text = yaml.safe_dump({**config, "run_dir": None, "ckpt_path": None, "resume": None}, sort_keys=False)
+        write_atomic(run.config, lambda f: f.write(text.encode()))
 
 
 class ArchlabParser(LightningArgumentParser):
@@ -72,20 +94,34 @@ class ArchlabCLI(LightningCLI):
         self.extra_callbacks = callbacks or []
         self.results: dict[str, float] = {}
         self.run_dir: Path | None = None
+        self.lock: RunLock | None = None
+        self.resuming = False
         # The monitored metric's best value in this run (the checkpoint callback's), for sweeps and studies.
         self.monitor: str | None = None
         self.best_score: float | None = None
-        super().__init__(
-            model_class=Task,
-            subclass_mode_model=True,
-            datamodule_class=L.LightningDataModule,
-            subclass_mode_data=True,
-            save_config_callback=RunConfig,
-            save_config_kwargs={"overwrite": True},
-            seed_everything_default=0,
-            parser_class=ArchlabParser,
-            args=args,
-        )
+        # `fit --resume RUN` is `fit -c RUN/config.yaml --run_dir RUN --ckpt_path last`, before anything is parsed.
+        args = expand_resume(sys.argv[1:] if args is None else list(args))
+        try:
+            super().__init__(
+                model_class=Task,
+                subclass_mode_model=True,
+                datamodule_class=L.LightningDataModule,
+                subclass_mode_data=True,
+                save_config_callback=RunConfig,
+                save_config_kwargs={"overwrite": True},
+                seed_everything_default=0,
+                parser_class=ArchlabParser,
+                args=args,
+            )
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give the run directory up: the command is over (a dead process gives it up by dying)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -123,6 +159,44 @@ class ArchlabCLI(LightningCLI):
             "state-dict file; keys the net lacks or the file lacks are listed. The weights then live in this run's "
             "own checkpoints, so test and predict of this run need only its directory.",
         )
+        parser.add_argument(
+            "--resume",
+            type=str | None,
+            default=None,
+            help="(fit) Continue a killed or interrupted run by its directory: its config.yaml, its latest valid "
+            "checkpoint, its tracker run. Same as -c RUN/config.yaml --run_dir RUN --ckpt_path last; other options "
+            "given after it apply on top.",
+        )
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int | None,
+            default=None,
+            help="(fit) Also write checkpoints/last.ckpt every N optimizer steps inside an epoch (it is written at "
+            "every epoch end anyway); default: off.",
+        )
+        parser.add_argument(
+            "--nonfinite",
+            type=Policy,
+            default="stop",
+            help="(fit) When a loss or gradient becomes NaN or infinite: stop the run at that step (exit 5; no "
+            "checkpoint of a diverged net is written), or skip the step and count it (train/skipped_steps).",
+        )
+        parser.add_argument(
+            "--checkpoint_every_minutes",
+            type=float | None,
+            default=30.0,
+            help="(fit) Also write checkpoints/last.ckpt when this many minutes have passed since the last one, at the "
+            "next batch boundary; null: off.",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
+            # Read once through archlab's loader (weights_only, one paragraph naming the file on any failure) before
+            # LightningCLI reads the file's hyperparameters with a bare torch.load.
+            load_checkpoint(ckpt_path, what="--ckpt_path")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -134,12 +208,79 @@ class ArchlabCLI(LightningCLI):
                 "--init_from and --ckpt_path exclude each other: --ckpt_path continues that run (its weights, "
                 "optimizer and epoch), --init_from starts a new run from a checkpoint's net weights; give one."
             )
+        if self.subcommand == "fit":
+            check_frequency(cfg.checkpoint_every_n_steps, cfg.checkpoint_every_minutes)
+        self.take_run_dir(cfg)
         # The task is left to LightningCLI's instantiation, which records the config as its hyperparameters.
         self.built = build(cfg, init_from=cfg.init_from, task=False)
         # This run's own files, not the sources it was built from: test and predict of it need only its directory.
         cfg.init_from = None
         if getattr(self.built.data, "vocabulary", None) is not None and "vocab_path" in cfg.data.init_args:
             cfg.data.init_args.vocab_path = None
+
+    def take_run_dir(self, cfg: Namespace) -> None:
+        """Lock an explicit --run_dir before anything is built; refuse one that holds another run unless this command
+        resumes it; remove what a kill left half-written; resolve `--ckpt_path last` in it."""
+        fit = self.subcommand == "fit"
+        if fit and cfg.get("ckpt_path") == "last" and not cfg.run_dir:
+            raise ConfigError(
+                "--ckpt_path last continues the run in --run_dir, and no --run_dir was given; continue a run with "
+                "`archlab fit --resume RUN` (or --run_dir RUN --ckpt_path last)."
+            )
+        if not cfg.run_dir:
+            return
+        run = RunDir(cfg.run_dir)
+        if (
+            fit
+            and not cfg.get("ckpt_path")
+            and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+            and run.holds_a_run()
+        ):
+            # SLURM requeued this job (Lightning's auto-requeue, or scontrol requeue): the same command continues.
+            cfg.ckpt_path = "last"
+        self.resuming = fit and bool(cfg.get("ckpt_path"))
+        if is_primary_process():
+            self.lock = run.lock()
+            if run.holds_a_run() and not self.resuming:
+                status = run.read_status() or {}
+                state = f" ({status['status']} at step {status.get('step', 0)})" if "status" in status else ""
+                raise ConfigError(
+                    f"{run.root} already holds a run{state}; a new run there would mix its checkpoints and tracker "
+                    f"run with that one's. Continue that run with `archlab fit --resume {run.root}`, or give this "
+                    "one a new --run_dir (or none)."
+                )
+            for path in run.remove_partial_writes():
+                print(f"archlab: removed {path}, a write that a kill interrupted", file=sys.stderr)
+        if fit and cfg.ckpt_path == "last":
+            cfg.ckpt_path = self.resolve_last(run)
+
+    def resolve_last(self, run: RunDir) -> str | None:
+        """The run's loadable checkpoint with the highest global step; None (train from step 0) when it has none."""
+        path, step, skipped = latest_checkpoint(run)
+        say = is_primary_process()
+        for reason in skipped:
+            if say:
+                print(f"archlab: warning: skipping a checkpoint: {reason}", file=sys.stderr)
+        if path is None and skipped:
+            raise CorruptFileError(
+                f"none of the {len(skipped)} checkpoint(s) of {run.root} can be read (listed above); move them "
+                "away to start this run again from step 0, or start a new run."
+            )
+        status = run.read_status() or {}
+        before = status.get("status")
+        if before == "running":  # this process holds the lock, so the one that wrote "running" is gone
+            before = f"killed while running (pid {status.get('pid')})"
+        elif before == "interrupted":
+            before = f"{status.get('message', 'interrupted').split(';')[0]}"
+        if say:
+            if path is None:
+                print(f"archlab: {run.root} has no checkpoint yet: training starts there from step 0", file=sys.stderr)
+            else:
+                print(
+                    f"archlab: resuming {run.root} from {path} (step {step}); it was {before or 'not recorded'}",
+                    file=sys.stderr,
+                )
+        return str(path) if path else None
 
     def instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -157,6 +298,8 @@ class ArchlabCLI(LightningCLI):
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(cfg.runs_root, cfg.experiment).root
         self.run_dir.mkdir(parents=True, exist_ok=True)
         run = RunDir(self.run_dir)
+        if self.lock is None and is_primary_process():
+            self.lock = run.lock()  # a new directory: nobody else can hold it yet
         vocabulary = getattr(self.datamodule, "vocabulary", None)
         if vocabulary is not None and os.environ.get("LOCAL_RANK", "0") == "0":
             vocabulary.save(run.tokenizer)
@@ -171,11 +314,20 @@ class ArchlabCLI(LightningCLI):
         run = RunDir(self.run_dir)
         kwargs.setdefault("default_root_dir", str(run.root))
         if cfg.trainer.logger in (None, True):
+            if cfg.tracker == "wandb" and self.resuming and run.wandb_id.is_file():
+                # W&B's own mechanism; WandbLogger passes resume="allow", so the run continues rather than restarts.
+                os.environ["WANDB_RUN_ID"] = run.wandb_id.read_text().strip()
             kwargs["logger"] = tracking.make_logger(
                 cfg.tracker, run.tracker, experiment=cfg.experiment, project=cfg.project
             )
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         callbacks = list(trainer_cfg.get("callbacks") or [])
         checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+        if self.subcommand == "fit":
+            callbacks += [ExactResume(), NonFiniteGuard(cfg.nonfinite)]
         if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing") is not False:
             # The run directory holds the checkpoints, whoever configured the callback; archlab's own only when the
             # user configured none (Lightning would otherwise add a default one that monitors nothing).
@@ -185,29 +337,68 @@ class ArchlabCLI(LightningCLI):
             if not checkpoints:
                 callbacks.append(
                     ModelCheckpoint(
-                        dirpath=run.checkpoints,
-                        monitor=self.model.monitor,
-                        mode=self.model.mode,
-                        filename="best",
-                        save_last=True,
+                        dirpath=run.checkpoints, monitor=self.model.monitor, mode=self.model.mode, filename="best"
                     )
                 )
+            # last.ckpt is archlab's: the latest completed step (ModelCheckpoint's save_last writes it only when the
+            # monitored metric improved).
+            callbacks.append(
+                LastCheckpoint(
+                    run, every_n_steps=cfg.checkpoint_every_n_steps, every_minutes=cfg.checkpoint_every_minutes
+                )
+            )
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(run))
         kwargs["callbacks"] = [*callbacks, *self.extra_callbacks]
         return super().instantiate_trainer(**kwargs)
 
     def _run_subcommand(self, subcommand: str) -> None:
+        # The run's status record: a run that fails or is stopped never looks finished (RUN/status.json).
+        record = RunDir(self.run_dir) if is_primary_process() else None
+        if record is not None:
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
+            record.write_status(
+                "running",
+                command=subcommand,
+                started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                resumed_from=tracking.mask_url(str(ckpt_path)) if ckpt_path else None,
+                continue_with=f"archlab fit --resume {record.root}" if subcommand == "fit" else None,
+                message=None,
+                exit_code=None,
+            )
         try:
             super()._run_subcommand(subcommand)
-        except BaseException:
+        except BaseException as error:
             # A run that raises (a pruned or failed sweep trial, Ctrl-C) must not stay open and merge into the next.
             self.finish_loggers()
+            if record is not None:
+                stopped = isinstance(error, RunInterrupted | KeyboardInterrupt)
+                message = str(error) if stopped else f"{type(error).__name__}: {error}"
+                record.write_status(
+                    "interrupted" if stopped else "failed",
+                    message=tracking.mask_url(message)[:2000],
+                    exit_code=getattr(error, "exit_code", 130 if isinstance(error, KeyboardInterrupt) else 1),
+                )
             raise
+        if record is not None and (record.read_status() or {}).get("status") != "finished":
+            record.write_status("finished", exit_code=0)
 
     def fit(self, **kwargs: Any) -> None:
         start = time.perf_counter()
-        self.trainer.fit(**kwargs)
+        # Never a full unpickling (the CheckpointIO loads with weights_only=True whatever it is asked).
+        kwargs["weights_only"] = True
+        if self.resuming and kwargs.get("ckpt_path"):
+            for logger in self.trainer.loggers:
+                if isinstance(logger, CSVLogger):
+                    tracking.keep_csv_history(logger)
+        try:
+            self.trainer.fit(**kwargs)
+        except SystemExit as exit_:  # SIGTERMException, or Lightning's sys.exit(1) after a second Ctrl-C
+            stopper = next((c for c in self.trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+            signum = stopper.stop_signal if stopper is not None else None
+            if isinstance(exit_, SIGTERMException) or signum is not None:
+                raise self.interrupted(signum or signal.SIGTERM, stopper) from None
+            raise
         if self.trainer.interrupted:
             return
         checkpoint = self.trainer.checkpoint_callback
@@ -227,7 +418,24 @@ class ArchlabCLI(LightningCLI):
         records = [tracking.describe(logger) for logger in self.trainer.loggers]
         # W&B prints its own run summary when the run closes; close it first so ours is the last word.
         self.finish_loggers()
+        RunDir(self.run_dir).write_status(
+            "finished", epoch=self.trainer.current_epoch, step=self.trainer.global_step, exit_code=0
+        )
         self.print_summary(wall_time, best, records)
+
+    def interrupted(self, signum: int, stopper: "LastCheckpoint | None") -> RunInterrupted:
+        """Where a stopped run stands, which checkpoint it continues from, and the command that continues it."""
+        run = RunDir(self.run_dir)
+        trainer = self.trainer
+        name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+        where = f"stopped by {name} at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        if stopper is not None and stopper.saved_step == trainer.global_step and run.last_checkpoint.is_file():
+            saved = f"saved {run.last_checkpoint} (step {stopper.saved_step})"
+        elif run.last_checkpoint.is_file():
+            saved = f"it continues from its latest checkpoint, {run.last_checkpoint}"
+        else:
+            saved = "no checkpoint was written yet, so it starts again from step 0"
+        return RunInterrupted(f"{where}; {saved}. Continue with: archlab fit --resume {run.root}", signum=signum)
 
     def predict(self, **kwargs: Any) -> None:
         kwargs.setdefault("return_predictions", False)
@@ -252,7 +460,7 @@ class ArchlabCLI(LightningCLI):
         # soft_wrap: paths and commands stay on one line, whole, for copying.
         console = Console(soft_wrap=True)
         console.print(table)
-        console.print(f"run:        {self.run_dir}")
+        console.print(f"run:        {self.run_dir}  (finished; record: {RunDir(self.run_dir).status.name})")
         if (self.run_dir / "config.yaml").is_file():
             console.print(f"config:     {self.run_dir / 'config.yaml'}")
         if best_checkpoint:
@@ -336,59 +544,6 @@ def link_data_shapes(cfg: Namespace, data: L.LightningDataModule) -> None:
             target.init_args[key] = value
 
 
-def load_weights(net: nn.Module, path: str) -> None:
-    """Load a net's weights from an archlab checkpoint (`state_dict` keys `net.<...>`) or a plain state dict.
-
-    Weights present in both with the same shape are copied; the rest of the net keeps its fresh initialisation (a
-    new head, say). Shapes that disagree, or no key in common, are an error that lists them.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise DatasetNotFoundError(
-            f"--init_from {file.resolve()} does not exist; pass a checkpoint written by `archlab fit` "
-            "(runs/<experiment>/<time>/checkpoints/best.ckpt) or a state-dict file."
-        )
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated, foreign or unsafe file: say which and why
-        raise ConfigError(
-            f"--init_from {file}: cannot read it as a checkpoint: {type(error).__name__}: {error}"
-        ) from None
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ConfigError(f"--init_from {file} holds no state dict.")
-    if any(key.startswith("net.") for key in state):
-        state = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
-    own = net.state_dict()
-    mismatched = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
-        for key in own
-        if key in state and state[key].shape != own[key].shape
-    ]
-    common = [key for key in own if key in state and state[key].shape == own[key].shape]
-    missing = [key for key in own if key not in state]
-    unexpected = [key for key in state if key not in own]
-    if mismatched or not common:
-        raise ConfigError(
-            f"--init_from {file} does not fit model.net ({type(net).__name__}): "
-            f"{len(mismatched)} shape(s) differ (checkpoint vs net): {', '.join(mismatched[:10]) or 'none'}; "
-            f"{len(common)} key(s) in common. Keys the checkpoint lacks: {', '.join(missing[:10]) or 'none'}"
-            f"{' ...' if len(missing) > 10 else ''}. The checkpoint must come from the same net with the same sizes "
-            "(and, for text, the same vocabulary: pass its run's tokenizer.json as --data.vocab_path)."
-        )
-    net.load_state_dict({key: state[key] for key in common}, strict=False)
-    notes = []
-    if missing:
-        notes.append(
-            f"{len(missing)} fresh (not in the checkpoint): {', '.join(missing[:8])}{' ...' * (len(missing) > 8)}"
-        )
-    if unexpected:
-        notes.append(f"{len(unexpected)} unused: {', '.join(unexpected[:8])}{' ...' * (len(unexpected) > 8)}")
-    print(
-        f"init_from {file}: {len(common)} tensors loaded" + (f"; {'; '.join(notes)}" if notes else ""), file=sys.stderr
-    )
-
-
 @contextlib.contextmanager
 def archlab_errors():
     """Re-raise an ArchlabError that jsonargparse's instantiation wrapped in its own error, as itself."""
@@ -452,24 +607,42 @@ def instantiate(component: Namespace) -> Any:
 
 def run(args: list[str] | None = None, *, callbacks: list[L.Callback] | None = None) -> ArchlabCLI:
     """Run one `archlab` command in this process; the single training path of fit, sweeps and studies."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by.*")
-        # In-process callers (sweeps, studies, tests) pass `args` while sys.argv holds their own command line.
-        warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
-        cli = ArchlabCLI(args, callbacks=callbacks)
-    if getattr(cli, "trainer", None) is not None:
-        cli.finish_loggers()
-    return cli
+    wandb_run_id = os.environ.get("WANDB_RUN_ID")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by.*")
+            # In-process callers (sweeps, studies, tests) pass `args` while sys.argv holds their own command line.
+            warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
+            cli = ArchlabCLI(args, callbacks=callbacks)
+        if getattr(cli, "trainer", None) is not None:
+            cli.finish_loggers()
+        cli.release()
+        return cli
+    finally:
+        # What this command set for itself must not reach the next one in this process (a sweep's next trial).
+        if wandb_run_id is None:
+            os.environ.pop("WANDB_RUN_ID", None)
+        else:
+            os.environ["WANDB_RUN_ID"] = wandb_run_id
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+def main(argv: list[str] | None = None, *, callbacks: list[L.Callback] | None = None) -> int:
+    # W&B copies sys.argv into its run files and Lightning logs checkpoint paths: both see secrets masked.
+    args = tracking.mask_argv()[1:] if argv is None else argv
+    tracking.mask_logs()
     try:
         if args[:1] == ["sweep"]:
             from archlab.sweep import main as sweep_main
 
             return sweep_main(args[1:])
-        run(argv)
+        run(args, callbacks=callbacks)
+    except RunInterrupted as error:
+        if is_primary_process():
+            print(f"archlab: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:  # outside training (there, Ctrl-C is a RunInterrupted after a checkpoint)
+        print("archlab: interrupted (Ctrl-C).", file=sys.stderr)
+        return 128 + signal.SIGINT
     except ArchlabError as error:
         if os.environ.get("ARCHLAB_DEBUG"):
             raise

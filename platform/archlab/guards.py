@@ -6,8 +6,9 @@ gradient norm (`torch.nn.utils.get_total_norm`) is finite exactly when every gra
 of squares), and a non-finite loss gives non-finite gradients. The check costs one device-to-host read per step.
 
     stop   raise DivergedError naming the step: exit status 5; a sweep fails the trial with that reason
-    skip   drop this step's gradients (the optimizer then leaves every weight and its state alone) and count it:
-           `train/skipped_steps`, and a summary line at the end of fit
+    skip   drop this step's gradients (the optimizer then leaves every weight and its state alone), put back the
+           buffers its forward pass moved (BatchNorm's running statistics would otherwise keep the NaN), and count
+           it: `train/skipped_steps`, and a summary line at the end of fit
 """
 
 from typing import Literal
@@ -30,6 +31,11 @@ class NonFiniteGuard(L.Callback):
         self.policy = policy
         self.skipped = 0
         self.loss: Tensor | None = None
+        self.buffers: dict[str, Tensor] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self.policy == "skip":  # a copy of the (small) floating-point buffers, to undo a skipped step's forward
+            self.buffers = {n: b.detach().clone() for n, b in pl_module.named_buffers() if b.is_floating_point()}
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         self.loss = loss.detach()
@@ -47,6 +53,10 @@ class NonFiniteGuard(L.Callback):
             for p in params:
                 # torch optimizers leave a parameter without a gradient untouched: no update, no decay, no moments.
                 p.grad = None
+            with torch.no_grad():
+                for name, buffer in pl_module.named_buffers():
+                    if name in self.buffers:
+                        buffer.copy_(self.buffers[name])
             self.skipped += 1
             pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False, reduce_fx="max")
             return

@@ -4,16 +4,23 @@ the DataModule's state (so they travel in checkpoints).
 
 The stratified split is scikit-learn's `train_test_split(stratify=...)` (Pedregosa et al. 2011, "Scikit-learn: Machine
 Learning in Python", JMLR 12).
+
+The training loader is resumable: its order in epoch e depends only on (training seed, e), and its position inside
+the epoch is part of Lightning's checkpoint (the stateful-dataloader protocol), so a run killed mid-epoch resumes
+with exactly the batches it had not yet seen.
 """
 
+import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch import distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from archlab.errors import ConfigError
 
@@ -115,6 +122,73 @@ def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean.float(), std.float()
 
 
+class EpochSampler(DistributedSampler):
+    """This process's share of a permutation of the dataset that depends on (seed, epoch) only; can start mid-epoch.
+
+    A DistributedSampler (of one replica outside a distributed run), so Lightning keeps it rather than putting its
+    own in its place under DDP.
+    """
+
+    def __init__(self, dataset: Dataset, *, shuffle: bool, seed: int) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            dataset,
+            num_replicas=dist.get_world_size() if distributed else 1,
+            rank=dist.get_rank() if distributed else 0,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        self.start = 0  # samples of this epoch already served; the next epoch starts at 0 again
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        start, self.start = self.start, 0
+        return iter(indices[start:])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over an EpochSampler whose position in the epoch is its state (`state_dict` / `load_state_dict`,
+    which Lightning's fit loop saves in checkpoints and restores); worker seeds come from (seed, epoch), so drawing
+    an epoch's batches never touches the global random stream."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int | None,
+        shuffle: bool = False,
+        seed: int = 0,
+        sampler: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        # `sampler`: the one Lightning passes when it rebuilds the loader (overfit_batches); that one starts each epoch
+        # at its beginning.
+        sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed) if sampler is None else sampler
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        self.seed = seed
+        self.served = 0  # batches of the current epoch handed out
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches) restored from a checkpoint
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: the body runs at the first batch, after Lightning has set the sampler's epoch.
+        epoch = getattr(self.sampler, "epoch", 0)
+        resumable = isinstance(self.sampler, EpochSampler)
+        self.served = self.resume_at[1] if resumable and self.resume_at and self.resume_at[0] == epoch else 0
+        self.resume_at = None
+        if resumable:  # batch_size None: each item is a whole batch already
+            self.sampler.start = self.served * (self.batch_size or 1)
+        self.generator = torch.Generator().manual_seed(self.seed + epoch)
+        for batch in super().__iter__():
+            self.served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": getattr(self.sampler, "epoch", 0), "batches": self.served}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
+
+
 class DataModule(L.LightningDataModule):
     """Datasets per split, built once in setup -> train / val / test / predict loaders; `shapes` for the model."""
 
@@ -153,15 +227,19 @@ class DataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def loader(self, split: str, *, shuffle: bool = False) -> DataLoader:
+        """The split's loader; the training split's is a ResumableLoader (shuffled by the training seed, not the
+        data's `seed`, which fixes only the data)."""
         dataset = self.dataset(split)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=whole_batch if isinstance(dataset, TensorBatchDataset) else None,
-            persistent_workers=self.num_workers > 0,
-        )
+        kwargs = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "collate_fn": whole_batch if isinstance(dataset, TensorBatchDataset) else None,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if split == "train":
+            # The seed that seed_everything set (--seed_everything), as Lightning's own samplers read it.
+            return ResumableLoader(dataset, shuffle=shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **kwargs)
+        return DataLoader(dataset, shuffle=shuffle, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)
