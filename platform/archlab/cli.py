@@ -33,7 +33,7 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -53,10 +53,12 @@ from archlab.checkpoints import (
 )
 from archlab.errors import ArchlabError, ConfigError, CorruptFileError, RunInterrupted
 from archlab.guards import NonFiniteGuard, Policy
+from archlab.hardware import check_hardware
 from archlab.loading import load_checkpoint, load_weights
 from archlab.predictions import PredictionWriter
 from archlab.rundir import RunDir, RunLock, is_primary_process, new_run_dir, write_atomic
 from archlab.tasks import Task
+from archlab.tracking import BestInSummary
 
 
 class RunConfig(SaveConfigCallback):
@@ -68,8 +70,9 @@ class RunConfig(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = tracking.redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
         run = RunDir(trainer.default_root_dir)
+        logged = {**config, "run_dir": str(run.root), **source_run(config.get("ckpt_path"), stage)}
         for logger in trainer.loggers:
-            logger.log_hyperparams({**config, "run_dir": str(run.root)})
+            logger.log_hyperparams(logged)
             if isinstance(logger, WandbLogger) and logger.version:
                 # `--resume` continues this W&B run, by its id.
                 run.wandb_id.write_text(f"{logger.version}\n")
@@ -77,6 +80,18 @@ class RunConfig(SaveConfigCallback):
         # nor resume from its checkpoint.
         text = yaml.safe_dump({**config, "run_dir": None, "ckpt_path": None, "resume": None}, sort_keys=False)
         write_atomic(run.config, lambda f: f.write(text.encode()))
+
+
+def source_run(ckpt_path: str | None, stage: str) -> dict[str, str]:
+    """For test, validate and predict of a run's checkpoint: that run's directory and W&B run id, which tie this
+    tracker run to the run it evaluates (both are also in the same W&B group, the experiment)."""
+    if stage == "fit" or not ckpt_path or "://" in str(ckpt_path):
+        return {}
+    source = RunDir(Path(ckpt_path).resolve().parent.parent)
+    if not source.config.is_file():
+        return {}
+    wandb_id = source.wandb_id.read_text().strip() if source.wandb_id.is_file() else None
+    return {"source_run": str(source.root), **({"source_wandb_id": wandb_id} if wandb_id else {})}
 
 
 class ArchlabParser(LightningArgumentParser):
@@ -152,6 +167,13 @@ class ArchlabCLI(LightningCLI):
             help="After `fit`, test the best checkpoint and print the metrics.",
         )
         parser.add_argument(
+            "--log_checkpoint",
+            type=bool,
+            default=True,
+            help="(fit, W&B) Log the best checkpoint as a W&B model artifact (aliases best, latest) when fit ends, "
+            "offline as online; it uploads the checkpoint's size again (`ls -l RUN/checkpoints/best.ckpt`).",
+        )
+        parser.add_argument(
             "--init_from",
             type=str | None,
             default=None,
@@ -210,6 +232,8 @@ class ArchlabCLI(LightningCLI):
             )
         if self.subcommand == "fit":
             check_frequency(cfg.checkpoint_every_n_steps, cfg.checkpoint_every_minutes)
+        # A preset this machine cannot run (a GPU, a TPU, several nodes) stops here, before a run directory or data.
+        check_hardware(cfg.trainer)
         self.take_run_dir(cfg)
         # The task is left to LightningCLI's instantiation, which records the config as its hyperparameters.
         self.built = build(cfg, init_from=cfg.init_from, task=False)
@@ -317,9 +341,14 @@ class ArchlabCLI(LightningCLI):
             if cfg.tracker == "wandb" and self.resuming and run.wandb_id.is_file():
                 # W&B's own mechanism; WandbLogger passes resume="allow", so the run continues rather than restarts.
                 os.environ["WANDB_RUN_ID"] = run.wandb_id.read_text().strip()
+            # Tags: what was trained on what, to filter runs by in the dashboard.
+            tags = [type(self.model).__name__, type(self.model.net).__name__, type(self.datamodule).__name__]
             kwargs["logger"] = tracking.make_logger(
-                cfg.tracker, run.tracker, experiment=cfg.experiment, project=cfg.project
+                cfg.tracker, run.tracker, experiment=cfg.experiment, project=cfg.project, tags=tags
             )
+        if cfg.trainer.log_every_n_steps is None:
+            # Lightning's 50 leaves the per-step training curve empty for the 4-20 batches of a small epoch.
+            kwargs["log_every_n_steps"] = 10
         plugins = trainer_cfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
@@ -327,7 +356,13 @@ class ArchlabCLI(LightningCLI):
         callbacks = list(trainer_cfg.get("callbacks") or [])
         checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
         if self.subcommand == "fit":
-            callbacks += [ExactResume(), NonFiniteGuard(cfg.nonfinite)]
+            callbacks += [
+                ExactResume(),
+                NonFiniteGuard(cfg.nonfinite),
+                BestInSummary(self.model.monitor, self.model.mode),
+            ]
+            if cfg.trainer.logger is not False and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+                callbacks.append(LearningRateMonitor(logging_interval="step"))  # the one-cycle schedule, as a curve
         if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing") is not False:
             # The run directory holds the checkpoints, whoever configured the callback; archlab's own only when the
             # user configured none (Lightning would otherwise add a default one that monitors nothing).
@@ -415,6 +450,17 @@ class ArchlabCLI(LightningCLI):
         wall_time = time.perf_counter() - start
         if not self.trainer.is_global_zero:
             return
+        cfg = self.config.fit
+        tracking.record_results(
+            self.trainer.loggers,
+            config=yaml.safe_load(RunDir(self.run_dir).config.read_text()),  # as RunConfig saved it, masked
+            num_params=self.model.num_params,
+            monitor=self.monitor if self.best_score is not None else None,
+            best=self.best_score,
+            best_epoch=load_checkpoint(best).get("epoch") if best and self.best_score is not None else None,
+            results=self.results,
+            checkpoint=Path(best) if best and cfg.log_checkpoint else None,
+        )
         records = [tracking.describe(logger) for logger in self.trainer.loggers]
         # W&B prints its own run summary when the run closes; close it first so ours is the last word.
         self.finish_loggers()

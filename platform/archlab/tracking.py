@@ -12,6 +12,7 @@ say) still receive the real value.
 """
 
 import csv
+import inspect
 import json
 import logging
 import netrc
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import lightning as L
 import yaml
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.logger import DummyLogger, rank_zero_experiment
@@ -188,20 +190,101 @@ class OfflineFallbackWandbLogger(WandbLogger):
             return super().experiment
 
 
-def make_logger(tracker: Tracker, run_dir: Path, *, experiment: str, project: str) -> Logger | bool:
+def make_logger(
+    tracker: Tracker, run_dir: Path, *, experiment: str, project: str, tags: list[str] | None = None
+) -> Logger | bool:
     if tracker == "wandb":
         return OfflineFallbackWandbLogger(
             save_dir=str(run_dir),
             project=project,
             name=f"{experiment}/{run_dir.name}",
             group=experiment,
+            tags=tags or None,
             offline=wandb_offline(),
         )
     if tracker == "csv":
         return CSVLogger(save_dir=str(run_dir), name="", version="")
     if tracker == "tensorboard":
-        return TensorBoardLogger(save_dir=str(run_dir), name="", version="")
+        # No placeholder hp_metric: the HParams view gets the run's real results when fit ends (record_results).
+        return TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
     return False
+
+
+class BestInSummary(L.Callback):
+    """W&B's summary of the monitored metric holds its best value (W&B's define_metric), not the last epoch's, so
+    that sorting runs, or a sweep's group, ranks them by the value archlab tested."""
+
+    def __init__(self, monitor: str, mode: str) -> None:
+        self.monitor = monitor
+        self.mode = mode
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                # The same x-axis as every other metric (WandbLogger's own definition for "*").
+                logger.experiment.define_metric(self.monitor, step_metric="trainer/global_step", summary=self.mode)
+
+
+def hparams(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The hyperparameters worth a column in TensorBoard's HParams view: the config flattened to dotted keys, without
+    nulls, and without the Trainer options left at their defaults (about 80 of them); plus `extra`."""
+    defaults = {
+        name: p.default for name, p in inspect.signature(L.Trainer.__init__).parameters.items() if name != "self"
+    }
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif value is not None and value != {}:
+            name = key.removeprefix("trainer.")
+            objects = ("callbacks", "logger", "plugins")
+            if key.startswith("trainer.") and (name in objects or defaults.get(name) == value):
+                return
+            flat[key] = value if isinstance(value, int | float | str | bool) else str(value)
+
+    walk(config, "")
+    return {**flat, **extra}
+
+
+def record_results(
+    loggers: list[Logger],
+    *,
+    config: dict[str, Any],
+    num_params: int,
+    monitor: str | None,
+    best: float | None,
+    best_epoch: int | None,
+    results: dict[str, float],
+    checkpoint: Path | None,
+) -> None:
+    """At the end of fit: the best value and its epoch in W&B's summary and TensorBoard's HParams metrics (with the
+    test metrics of the best checkpoint), and the best checkpoint as a W&B model artifact when `checkpoint` is given."""
+    best_values = {f"best/{monitor}": best, "best/epoch": best_epoch} if monitor and best is not None else {}
+    tested = {key: value for key, value in results.items() if key.startswith("test/")}
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            run.summary.update({key: value for key, value in best_values.items() if value is not None})
+            if checkpoint is not None:
+                import wandb
+
+                # Offline too: the artifact is recorded with the run and uploaded by `wandb sync` (Lightning's
+                # log_model refuses offline runs).
+                artifact = wandb.Artifact(
+                    f"model-{run.id}", type="model", metadata={"monitor": monitor, "score": best, "epoch": best_epoch}
+                )
+                artifact.add_file(str(checkpoint), name=checkpoint.name)
+                run.log_artifact(artifact, aliases=["best", "latest"])
+        elif isinstance(logger, TensorBoardLogger):
+            metrics = {key: value for key, value in {**best_values, **tested}.items() if value is not None}
+            logger.log_hyperparams(hparams(config, **{"model/params": num_params}), metrics=metrics or None)
+
+
+def is_offline(run: Any) -> bool:
+    """Whether a W&B run records offline (to be uploaded with `wandb sync`)."""
+    return bool(getattr(run, "offline", False)) or getattr(run.settings, "mode", "") in ("offline", "dryrun")
 
 
 def describe(logger: Logger) -> str:
@@ -210,7 +293,7 @@ def describe(logger: Logger) -> str:
         return "tracker: none (fast_dev_run)"
     if isinstance(logger, WandbLogger):
         run = logger.experiment
-        if getattr(run, "offline", False) or getattr(run.settings, "mode", "") == "offline":
+        if is_offline(run):
             sync_dir = Path(run.settings.sync_dir)
             return f"W&B (offline): {sync_dir}  -> upload with: wandb sync {sync_dir}"
         return f"W&B: {run.url}"

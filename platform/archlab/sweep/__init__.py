@@ -57,7 +57,11 @@ def sweep(argv: list[str]) -> int:
     settings = parse(own, passthrough)
     settings.study_dir.mkdir(parents=True, exist_ok=True)
     study = settings.storage.open(
-        settings.study_name, sampler=settings.sampler, pruner=settings.pruner, direction=settings.direction
+        settings.study_name,
+        sampler=settings.sampler,
+        pruner=settings.pruner,
+        direction=settings.direction,
+        metric=settings.metric,
     )
     check_resumable(study, settings)
     worker = Worker(settings, study)

@@ -66,6 +66,10 @@ def summarize(study: optuna.Study, settings: Settings, console: Console) -> bool
     console.print(f"storage:    {tracking.mask_url(url)}  (study {settings.study_name})")
     if not url.startswith("journal:"):
         console.print(f"dashboard:  optuna-dashboard {tracking.mask_url(sqlalchemy_url(url))}")
+    if any(settings.study_dir.glob("trial-*/wandb/offline-run-*")):
+        # One command for every trial's offline W&B run (each trial's run id is in its user attribute "wandb").
+        runs = f"{settings.study_dir}/trial-*/wandb/offline-run-*"
+        console.print(f"W&B:        upload the trials' offline runs with: wandb sync {runs}")
     return bool(done)
 
 

@@ -62,7 +62,13 @@ class Storage:
         return tracking.mask_url(self.url)
 
     def open(
-        self, name: str, *, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, direction: str
+        self,
+        name: str,
+        *,
+        sampler: optuna.samplers.BaseSampler,
+        pruner: optuna.pruners.BasePruner,
+        direction: str,
+        metric: str | None = None,
     ) -> optuna.Study:
         """Create the study, or load it to resume; StorageUnreachable when the storage does not answer."""
         for attempt in range(CREATE_ATTEMPTS):
@@ -70,7 +76,7 @@ class Storage:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ExperimentalWarning)
                     self.storage = self.make()
-                    return optuna.create_study(
+                    study = optuna.create_study(
                         study_name=name,
                         storage=self.storage,
                         sampler=sampler,
@@ -78,6 +84,10 @@ class Storage:
                         direction=direction,
                         load_if_exists=True,
                     )
+                    if metric and study.metric_names != [metric]:
+                        # The objective's name in optuna-dashboard and the plots, instead of "Objective 0".
+                        study.set_metric_names([metric])
+                    return study
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
                 if attempt == CREATE_ATTEMPTS - 1:
                     raise

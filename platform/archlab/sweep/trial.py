@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import lightning as L
 import optuna
+from lightning.pytorch.loggers import WandbLogger
 from optuna.trial import FrozenTrial
 
 from archlab import cli, tracking
@@ -61,6 +62,17 @@ class TrialRecorder(L.Callback):
             record["retry_of"] = self.retry_of
         for logger in trainer.loggers:
             logger.log_hyperparams({"optuna": record})
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                # The trial names its W&B run: an id, and a URL online or the directory to `wandb sync` offline.
+                run = logger.experiment
+                where = {"dir": str(run.settings.sync_dir)} if tracking.is_offline(run) else {"url": run.url}
+                self.trial.set_user_attr("wandb", {"id": run.id, "project": run.project, **where})
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        mark_wandb(trainer, "complete")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        mark_wandb(trainer, "pruned" if isinstance(exception, optuna.TrialPruned) else "failed")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After a checkpoint restore, the loops' progress (and so global_step) is already the checkpoint's.
@@ -164,6 +176,16 @@ def isolated() -> Iterator[None]:
         for key, value in environ.items():
             if os.environ.get(key) != value:
                 os.environ[key] = value
+
+
+def mark_wandb(trainer: L.Trainer, state: str) -> None:
+    """Say in the trial's W&B run how the trial ended: `optuna/state` in its summary, and a tag unless it completed."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            run = logger.experiment
+            run.summary["optuna/state"] = state
+            if state != "complete":
+                run.tags = (*run.tags, state)
 
 
 def finish_wandb(failed: bool) -> None:

@@ -72,7 +72,12 @@ class GenerativeTask(Task):
         """Grids for the tracker at the end of each validation epoch."""
         with torch.no_grad():
             samples = self.sample(self.num_samples, self.fixed_noise)
-        log_grid(self, "val/samples", grid(samples, nrow=int(self.num_samples**0.5)))
+        log_grid(
+            self,
+            "val/samples",
+            grid(samples, nrow=int(self.num_samples**0.5)),
+            caption=f"{self.num_samples} samples from the same fixed noise every epoch",
+        )
 
     def on_validation_epoch_end(self) -> None:
         self.log_fid("val")

@@ -1,10 +1,13 @@
-"""Image grids for the tracker: W&B's `log_image` where the logger has it, otherwise PNG files in the run directory."""
+"""Image grids for the trackers: W&B images and TensorBoard's Images tab where those log, otherwise PNG files in the
+run directory; always uint8, readable in size, captioned, at the step of the epoch's scalars."""
 
 from pathlib import Path
 
 import lightning as L
 import torch
 import torchvision
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from PIL import Image
 from torch import Tensor
 
 from archlab.rundir import RunDir
@@ -36,18 +39,50 @@ def overlay(images: Tensor, masks: Tensor, *, alpha: float = 0.45) -> Tensor:
     return torch.where((masks > 0).unsqueeze(1).to(rgb.device), tinted, rgb)
 
 
-def log_grid(module: L.LightningModule, key: str, image: Tensor) -> Path | None:
-    """Send one grid (3, H, W) to every logger that takes images (W&B); without one, save it as a PNG under
-    <run_dir>/images/ and return its path. Nothing is logged while Lightning runs its sanity check."""
+# Grids smaller than MIN_SIDE (on their shorter side) are upscaled by a whole factor, nearest-neighbour, for reading
+# (64 digits of 8x8 make a 73x73 grid), as long as the longer side stays within MAX_SIDE.
+MIN_SIDE, MAX_SIDE = 384, 2048
+
+
+def to_uint8(image: Tensor) -> Tensor:
+    """A grid (3, H, W) in [0, 1] -> uint8 (3, H', W'), upscaled by a whole factor when small.
+
+    Trackers are handed uint8: wandb casts float tensors to uint8 without scaling, which turns [0, 1] into a black
+    picture; TensorBoard and PIL agree on uint8 too.
+    """
+    factor = max(1, min(-(-MIN_SIDE // min(image.shape[-2:])), MAX_SIDE // max(image.shape[-2:])))
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    return pixels.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning gives loggers with the scalars (its count of batches that stepped, not optimizer steps:
+    the GAN's two optimizers make global_step twice as large); private in Lightning, with no public equivalent."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped if trainer.training or trainer.validating else 0
+
+
+def log_grid(module: L.LightningModule, key: str, image: Tensor, *, caption: str) -> Path | None:
+    """Send one grid (3, H, W) in [0, 1] to every logger that takes images: W&B (with `caption`, prefixed with the
+    epoch) and TensorBoard (its Images tab), at the step of the epoch's scalars. Without such a logger, save it as a
+    PNG under <run_dir>/images/ and return its path. Nothing is logged while Lightning runs its sanity check."""
     trainer = module.trainer
-    if trainer.sanity_checking:
+    if trainer.sanity_checking or not trainer.is_global_zero:
         return None
-    takes_images = [logger for logger in module.loggers if hasattr(logger, "log_image")]
-    for logger in takes_images:
-        logger.log_image(key=key, images=[image], step=module.global_step)
-    if takes_images:
+    pixels = to_uint8(image)
+    step = logging_step(trainer)
+    caption = f"epoch {trainer.current_epoch}: {caption}"
+    logged = False
+    for logger in module.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[pixels.permute(1, 2, 0).numpy()], caption=[caption], step=step)
+            logged = True
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, pixels, global_step=step)
+            logger.experiment.add_text(f"{key}/caption", caption, global_step=step)
+            logged = True
+    if logged:
         return None
     path = RunDir(trainer.default_root_dir).image(key, trainer.current_epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torchvision.utils.save_image(image, path)
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path)
     return path

@@ -172,10 +172,20 @@ class Reconstruction(GenerativeTask):
         shown, self._shown = self._shown, None
         if shown is not None:
             # One row per image: input | corrupted input | reconstruction.
-            log_grid(self, "val/reconstructions", grid(shown.flatten(0, 1), nrow=3))
+            log_grid(
+                self,
+                "val/reconstructions",
+                grid(shown.flatten(0, 1), nrow=3),
+                caption="one row per validation image: input | corrupted input | reconstruction",
+            )
         if self.variational and shown is not None and len(shown) >= 2:
             with torch.no_grad():
                 _z, mean, _logvar = self.net.encode(shown[:2, 0])  # the first two validation images' means
                 t = torch.linspace(0, 1, 10, device=mean.device).view(-1, 1)
                 path = torch.sigmoid(self.net.decode((1 - t) * mean[0] + t * mean[1]))  # (10, C, H, W)
-            log_grid(self, "val/interpolation", grid(path, nrow=10))
+            log_grid(
+                self,
+                "val/interpolation",
+                grid(path, nrow=10),
+                caption="decoded from 10 points on the line between two validation images' codes",
+            )

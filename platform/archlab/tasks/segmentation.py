@@ -126,7 +126,12 @@ class Segmentation(Task):
             image = to_unit_range(x)
             rows = torch.stack([overlay(image, torch.zeros_like(y)), overlay(image, y), overlay(image, pred)], 1)
             # One row per image: input | ground truth | prediction.
-            log_grid(self, "val/overlays", grid(rows.flatten(0, 1), nrow=3))
+            log_grid(
+                self,
+                "val/overlays",
+                grid(rows.flatten(0, 1), nrow=3),
+                caption="one row per validation image: input | ground truth | prediction",
+            )
 
     def on_test_epoch_end(self) -> None:
         self.log_metrics("test")
