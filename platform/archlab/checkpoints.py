@@ -122,7 +122,9 @@ class ExactResume(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         # Called on every rank for every checkpoint (trainer.save_checkpoint runs on all ranks), so it may gather.
         states = rng_states()
-        state: dict[str, Any] = {"rng": [states]}
+        # The intra-op thread count too: archlab.threads picks it by the machine's load, and a different count can
+        # change the order of floating-point sums, so a resume runs with the count of the run it continues.
+        state: dict[str, Any] = {"rng": [states], "threads": torch.get_num_threads()}
         if self.trainer is None:
             return state
         if self.trainer.world_size > 1:
@@ -152,6 +154,11 @@ class ExactResume(L.Callback):
         loader = trainer.train_dataloader
         if "loader" in resumed and hasattr(loader, "load_state_dict"):
             loader.load_state_dict(resumed["loader"])
+        threads = resumed.get("threads")
+        if threads and threads != torch.get_num_threads():
+            if trainer.is_global_zero:
+                print(f"archlab: {threads} intra-op thread(s), as the run being resumed", file=sys.stderr, flush=True)
+            torch.set_num_threads(threads)
         ranks = resumed["rng"]
         if len(ranks) != trainer.world_size:
             if trainer.is_global_zero:

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from archlab import threads
 from archlab.sweep.settings import Settings
 from archlab.sweep.storage import alive_locally, counted, strip_password
 from archlab.sweep.trial import EXPECTED, Interrupted, run_trial
@@ -102,7 +103,9 @@ def spawn(settings: Settings, argv: list[str], count: int) -> list[subprocess.Po
     own = drop_option(drop_option(own, "--storage"), "--workers")
     url, password = strip_password(settings.storage.url)
     # The password travels in the environment (libpq reads PGPASSWORD), never on a command line.
-    env = {**os.environ, "PGPASSWORD": password} if password else None
+    env = {**os.environ, "PGPASSWORD": password} if password else dict(os.environ)
+    # Each worker gets its share of the cores (archlab.threads), unless ARCHLAB_THREADS sets the threads per worker.
+    env.setdefault(threads.VARIABLE, str(max(1, threads.cores() // count)))
     procs = []
     for i in range(count):
         command = [sys.executable, "-m", "archlab", "sweep", *own, "--workers", "1", "--worker_index", str(i)]
