@@ -374,7 +374,7 @@ def secret_runs(
     done = [(fit, archlab(fit, cwd=cwd, env=env))]
     config = next((cwd / "runs").glob("*/*/config.yaml"), None)
     for sub in subcommands[1:]:
-        if config is None:
+        if config is None or sub == "sweep":
             break
         # The saved config holds "***" for the secrets: the user gives them again, as for the fit.
         best = next(iter(sorted(config.parent.glob("checkpoints/*.ckpt"))), Path("absent.ckpt"))
@@ -387,7 +387,7 @@ def secret_runs(
     if "sweep" in subcommands:
         # A one-trial sweep with the same secrets in its fixed keys (its Optuna storage is searched too), then one
         # whose storage is a PostgreSQL URL with a password, on a port where nothing listens (exit 3).
-        sweep = cwd / "sweep.yaml"
+        sweep = lab.inputs / f"sweep_{mode}.yaml"  # the user's own file, outside the searched directory
         fixed = {"data.db_url": SECRET_ARGS[1], "data.root": SECRET_ARGS[3], "trainer.max_epochs": 1}
         fixed |= {"trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1, "model.net.channels": [8]}
         spec = {

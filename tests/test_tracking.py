@@ -106,3 +106,11 @@ def test_mask_logs_masks_url_passwords_in_lightnings_log_lines():
     )
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert err.strip() == "Restoring states from the checkpoint path at https://user:***@host/x.ckpt"
+
+
+def test_mask_values_masks_what_the_command_line_holds_under_secret_options():
+    argv = ["sweep", "--data.api_key", "k3y-value", "--data.token=t0k", "--storage", "postgresql://u:pw@h/db"]
+    message = "unrecognized arguments: --data.api_key k3y-value --data.token=t0k postgresql://u:pw@h/db"
+    masked = tracking.mask_values(message, argv)
+    assert "k3y-value" not in masked and "t0k" not in masked and ":pw@" not in masked
+    assert masked.startswith("unrecognized arguments: --data.api_key *** --data.token=***")

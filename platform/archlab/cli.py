@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None, *, callbacks: list[L.Callback] | None = 
     except ArchlabError as error:
         if os.environ.get("ARCHLAB_DEBUG"):
             raise
-        print(f"archlab: error: {error}", file=sys.stderr)
+        print(f"archlab: error: {tracking.mask_values(str(error), args)}", file=sys.stderr)
         return error.exit_code
     return 0
 

@@ -130,6 +130,19 @@ def mask_argv(argv: list[str] | None = None) -> list[str]:
     return original
 
 
+def mask_values(text: str, argv: list[str]) -> str:
+    """`text` (an error message quoting the command line) with URL passwords and the values of the secret-looking
+    options of `argv` masked."""
+    masked = list(argv)
+    mask_argv(masked)
+    for original, shown in zip(argv, masked, strict=True):
+        if original != shown:
+            value = original.partition("=")[2] if original.startswith("--") and "=" in original else original
+            if value:
+                text = text.replace(value, MASK)
+    return mask_url(text)
+
+
 def _mask_inline(arg: str) -> str:
     """An argument with URL passwords masked, and, when it is an inline YAML/JSON mapping or list
     (`--data '{"api_key": "..."}'`), its secret keys too."""
