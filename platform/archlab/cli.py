@@ -451,9 +451,10 @@ class ArchlabCLI(LightningCLI):
         if not self.trainer.is_global_zero:
             return
         cfg = self.config.fit
+        saved = RunDir(self.run_dir).config  # as RunConfig saved it, masked (not under fast_dev_run)
         tracking.record_results(
             self.trainer.loggers,
-            config=yaml.safe_load(RunDir(self.run_dir).config.read_text()),  # as RunConfig saved it, masked
+            config=yaml.safe_load(saved.read_text()) if saved.is_file() else {},
             num_params=self.model.num_params,
             monitor=self.monitor if self.best_score is not None else None,
             best=self.best_score,
