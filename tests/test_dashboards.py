@@ -10,6 +10,7 @@ import numpy as np
 import optuna
 import pytest
 from lightning.pytorch.loggers import WandbLogger
+from mlflow import MlflowClient
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -152,3 +153,21 @@ def test_a_pruned_trials_wandb_run_says_so(tmp_path: Path) -> None:
     run_file = wandb_records.run_file(tmp_path)
     assert wandb_records.summary(run_file)["optuna/state"] == "pruned"
     assert "pruned" in wandb_records.of_type(run_file, "run")[-1].tags
+
+
+def test_mlflow_holds_the_metrics_params_images_and_best_checkpoint_of_a_run(tmp_path: Path) -> None:
+    run_dir = fit(tmp_path, "--tracker", "mlflow", name="mlflow")
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("vae_digits").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["task"] == "Reconstruction"
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "val/loss")]
+    assert len(losses) == 3
+    assert run.data.metrics["best/val/loss"] == min(losses)
+    assert run.data.metrics["best/epoch"] == losses.index(min(losses))
+    assert float(run.data.params["model/init_args/lr"]) > 0 and int(run.data.params["model/params"]) > 0
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.ckpt"]
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    samples = sorted(p for p in images if "val_samples" in p)
+    assert len(samples) == 3
+    local = Path(client.download_artifacts(run.info.run_id, samples[-1], str(tmp_path)))
+    assert pixels(local).std() > 10

@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 
 import lightning as L
 import yaml
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.logger import DummyLogger, rank_zero_experiment
 
-Tracker = Literal["wandb", "csv", "tensorboard", "none"]
+Tracker = Literal["wandb", "csv", "tensorboard", "mlflow", "none"]
 # Whole key names only: `db_password`, `client_secret`, `api_key`, `auth_token` are secrets; `chars_per_token` is not.
 SECRET_KEY = re.compile(
     r"^(?:.*_)?(?:password|passwd|secret|secret_key|api_?key|credentials?)$"
@@ -217,6 +217,18 @@ def make_logger(
         )
     if tracker == "csv":
         return CSVLogger(save_dir=str(run_dir), name="", version="")
+    if tracker == "mlflow":
+        # A SQLite store and its artifacts inside the run directory (MLflow 3 refuses its old file store), unless
+        # MLFLOW_TRACKING_URI names a server or another store.
+        root = run_dir.resolve()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+        return MLFlowLogger(
+            experiment_name=experiment,
+            run_name=run_dir.name,
+            tracking_uri=uri,
+            tags=dict(zip(("task", "net", "data"), tags or [], strict=False)),
+            artifact_location=None if "MLFLOW_TRACKING_URI" in os.environ else (root / "mlartifacts").as_uri(),
+        )
     if tracker == "tensorboard":
         # No placeholder hp_metric: the HParams view gets the run's real results when fit ends (record_results).
         return TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
@@ -293,6 +305,12 @@ def record_results(
         elif isinstance(logger, TensorBoardLogger):
             metrics = {key: value for key, value in {**best_values, **tested}.items() if value is not None}
             logger.log_hyperparams(hparams(config, **{"model/params": num_params}), metrics=metrics or None)
+        elif isinstance(logger, MLFlowLogger):
+            # MLflow keeps every value of a metric and shows the last: the best goes in under its own name.
+            logger.log_metrics({key: value for key, value in best_values.items() if value is not None})
+            logger.log_hyperparams({"model/params": num_params})
+            if checkpoint is not None:
+                logger.experiment.log_artifact(logger.run_id, str(checkpoint), artifact_path="checkpoints")
 
 
 def is_offline(run: Any) -> bool:
@@ -310,6 +328,9 @@ def describe(logger: Logger) -> str:
             sync_dir = Path(run.settings.sync_dir)
             return f"W&B (offline): {sync_dir}  -> upload with: wandb sync {sync_dir}"
         return f"W&B: {run.url}"
+    if isinstance(logger, MLFlowLogger):
+        store = mask_url(logger.experiment.tracking_uri)
+        return f"MLflow: run {logger.run_id}  -> browse with: mlflow ui --backend-store-uri {store}"
     return f"{type(logger).__name__}: {logger.log_dir}"
 
 

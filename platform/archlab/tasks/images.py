@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torchvision
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 from torch import Tensor
 
@@ -79,6 +79,11 @@ def log_grid(module: L.LightningModule, key: str, image: Tensor, *, caption: str
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, pixels, global_step=step)
             logger.experiment.add_text(f"{key}/caption", caption, global_step=step)
+            logged = True
+        elif isinstance(logger, MLFlowLogger):
+            # MLflow's step-indexed images (its UI's image slider); the caption is the artifact's file name.
+            image = pixels.permute(1, 2, 0).numpy()
+            logger.experiment.log_image(logger.run_id, image, key=key.replace("/", "_"), step=step)
             logged = True
     if logged:
         return None
