@@ -21,6 +21,7 @@ from archlab.sweep import main as sweep_main
 from archlab.sweep.trial import TrialRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test here trains (about 80 s in all)
 # A VAE on digits, a few batches an epoch: sample grids, reconstructions and interpolations every validation.
 VAE = [
     "-c", str(ROOT / "configs/vae_digits.yaml"), "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "3",

@@ -429,11 +429,13 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     lab.pool.shutdown(cancel_futures=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PAYLOADS)
 def test_a_malicious_pickle_is_refused_and_never_runs(lab: Lab, name: str) -> None:
     check(lab, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CORRUPT)
 def test_corrupt_or_mismatched_input_is_named(lab: Lab, name: str) -> None:
     result = check(lab, name)
@@ -445,6 +447,7 @@ def test_corrupt_or_mismatched_input_is_named(lab: Lab, name: str) -> None:
         assert load_checkpoint(cache)["version"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", CLASS_PATHS)
 def test_a_class_path_outside_the_base_class_is_refused(lab: Lab, key: str) -> None:
     check(lab, f"class_path_{key}")
@@ -470,6 +473,7 @@ def search(root: Path, canaries: tuple[str, ...]) -> tuple[list[str], int]:
     return hits, files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["offline", "online"])
 def test_secrets_reach_no_file_and_no_output(lab: Lab, mode: str) -> None:
     runs = lab.result(f"secrets_{mode}")

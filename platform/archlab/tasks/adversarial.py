@@ -98,6 +98,7 @@ class Adversarial(GenerativeTask):
             on_step=True,
             on_epoch=True,
             prog_bar=True,
+            sync_dist=True,  # averaged over every process under DDP, as the other tasks' losses
             batch_size=b,
         )
 

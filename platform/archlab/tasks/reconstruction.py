@@ -123,17 +123,26 @@ class Reconstruction(GenerativeTask):
         if out.mean is not None:
             kl = -0.5 * torch.sum(1 + out.logvar - out.mean.square() - out.logvar.exp()) / b
             loss = loss + self.beta * kl
-            self.log(f"{stage}/kl", kl, on_step=False, on_epoch=True, batch_size=b)
+            self.log(f"{stage}/kl", kl, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         if self.sparsity != "none":
             code = out.code
             penalty = code.abs().sum(dim=1).mean() if self.sparsity == "l1" else kl_sparsity(code, self.sparsity_target)
             loss = loss + self.sparsity_weight * penalty
-            self.log(f"{stage}/sparsity", penalty, on_step=False, on_epoch=True, batch_size=b)
-            self.log(f"{stage}/active", (code > 0.1).float().mean(), on_step=False, on_epoch=True, batch_size=b)
+            self.log(f"{stage}/sparsity", penalty, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
+            self.log(
+                f"{stage}/active",
+                (code > 0.1).float().mean(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=b,
+                sync_dist=True,
+            )
         mse = F.mse_loss(torch.sigmoid(out.logits.detach()), x)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=b)
-        self.log(f"{stage}/recon", recon, on_step=False, on_epoch=True, batch_size=b)
-        self.log(f"{stage}/mse", mse, on_step=False, on_epoch=True, batch_size=b)
+        self.log(
+            f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=b, sync_dist=True
+        )
+        self.log(f"{stage}/recon", recon, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
+        self.log(f"{stage}/mse", mse, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         if stage != "train":
             self.update_real(x)
         if stage == "val":

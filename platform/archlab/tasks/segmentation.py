@@ -97,9 +97,11 @@ class Segmentation(Task):
         pred = logits.detach().argmax(dim=1)  # (B, H, W)
         getattr(self, f"{stage}_metrics").update(pred, y)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log(f"{stage}/dice_loss", dice, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True
+        )
+        self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log(f"{stage}/dice_loss", dice, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         if stage == "val" and self._overlay_batch is None:
             n = self.overlay_images
             self._overlay_batch = (x[:n].detach(), y[:n], pred[:n])
