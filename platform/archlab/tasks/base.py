@@ -55,20 +55,20 @@ class Task(L.LightningModule):
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_metrics", collection.clone(prefix=f"{stage}/"))
 
-    def log_stage(self, stage: Stage, loss: Tensor, batch_size: int) -> None:
-        """Log `<stage>/loss` (also per step in training) and the stage's metrics, computed per epoch.
+    def log_loss(self, stage: Stage, loss: Tensor, batch_size: int) -> None:
+        """Log `<stage>/loss`, per epoch and (in training) per step.
 
         Under DDP the loss is averaged over every process's samples (`sync_dist`; in training that is one scalar
-        all-reduce per step beside DDP's gradient all-reduce); torchmetrics Metrics gather their own states."""
+        all-reduce per step beside DDP's gradient all-reduce; nothing in one process)."""
+        on_step = stage == "train"
         self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=True,
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True
         )
+
+    def log_stage(self, stage: Stage, loss: Tensor, batch_size: int) -> None:
+        """Log `<stage>/loss` and the stage's metrics, computed per epoch (torchmetrics Metrics gather their own
+        states under DDP)."""
+        self.log_loss(stage, loss, batch_size)
         self.log_dict(getattr(self, f"{stage}_metrics"), on_step=False, on_epoch=True, prog_bar=stage != "train")
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:

@@ -74,15 +74,7 @@ class LanguageModeling(Task):
             logits = self.net(x)  # (B, T, vocab_size)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         getattr(self, f"{stage}_nll").update(loss.detach(), weight=y.numel())
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(y),
-            sync_dist=True,
-        )
+        self.log_loss(stage, loss, batch_size=len(y))
         return loss
 
     def log_epoch(self, stage: Stage) -> None:

@@ -88,15 +88,7 @@ class MaskedLanguageModeling(Task):
         # The mean over the selected positions, and 0 (not NaN) for a batch where none was selected.
         nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         loss = nll / count.clamp_min(1)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(ids),
-            sync_dist=True,
-        )
+        self.log_loss(stage, loss, batch_size=len(ids))
         if stage != "train":
             getattr(self, f"{stage}_nll").update(loss.detach(), weight=count)
             metrics = getattr(self, f"{stage}_metrics")

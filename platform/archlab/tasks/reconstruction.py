@@ -138,9 +138,7 @@ class Reconstruction(GenerativeTask):
                 sync_dist=True,
             )
         mse = F.mse_loss(torch.sigmoid(out.logits.detach()), x)
-        self.log(
-            f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=b, sync_dist=True
-        )
+        self.log_loss(stage, loss, batch_size=b)
         self.log(f"{stage}/recon", recon, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         self.log(f"{stage}/mse", mse, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         if stage != "train":

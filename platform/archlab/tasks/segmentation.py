@@ -96,10 +96,7 @@ class Segmentation(Task):
         loss = self.ce_weight * ce + self.dice_weight * dice
         pred = logits.detach().argmax(dim=1)  # (B, H, W)
         getattr(self, f"{stage}_metrics").update(pred, y)
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True
-        )
+        self.log_loss(stage, loss, batch_size=len(y))
         self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/dice_loss", dice, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         if stage == "val" and self._overlay_batch is None:

@@ -57,15 +57,7 @@ class Seq2Seq(Task):
         loss = F.cross_entropy(
             logits.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=self.pad_id, label_smoothing=self.label_smoothing
         )
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(src),
-            sync_dist=True,
-        )
+        self.log_loss(stage, loss, batch_size=len(src))
         if stage != "train":
             metrics = getattr(self, f"{stage}_metrics")
             metrics.update(self.greedy(src, tgt.shape[1] - 1), tgt[:, 1:])  # (B, L - 1) each
