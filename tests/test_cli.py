@@ -179,6 +179,8 @@ def test_help_print_config_and_shorthand_overrides(tmp_path: Path) -> None:
     assert printed.returncode == 0, printed.stderr[-2000:]
     net = yaml.safe_load(printed.stdout)["model"]["init_args"]["net"]
     assert net["class_path"] == "archlab.models.ResNet" and net["init_args"]["depth"] == 56
+    assert net["init_args"]["in_channels"] == 1  # the data's shape, linked: what the run's config.yaml will hold
+    assert not (tmp_path / "runs").exists()  # printing starts no run
 
 
 def test_tensorboard_tracker_writes_event_files(tmp_path: Path) -> None:

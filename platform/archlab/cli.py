@@ -56,6 +56,7 @@ from archlab.guards import NonFiniteGuard, Policy
 from archlab.hardware import check_hardware
 from archlab.loading import load_checkpoint, load_weights
 from archlab.predictions import PredictionWriter
+from archlab.progress import LineProgress
 from archlab.rundir import RunDir, RunLock, is_primary_process, new_run_dir, write_atomic
 from archlab.tasks import Task
 from archlab.tracking import BestInSummary
@@ -116,6 +117,10 @@ class ArchlabCLI(LightningCLI):
         self.best_score: float | None = None
         # `fit --resume RUN` is `fit -c RUN/config.yaml --run_dir RUN --ckpt_path last`, before anything is parsed.
         args = expand_resume(sys.argv[1:] if args is None else list(args))
+        # `--print_config` is answered after the data's shapes are linked (what the run's config.yaml will hold), not
+        # by jsonargparse at parse time, which prints the unlinked defaults (in_channels: 3 for 1-channel digits).
+        self.print_config = any(arg == "--print_config" or arg.startswith("--print_config=") for arg in args)
+        args = [arg for arg in args if not (arg == "--print_config" or arg.startswith("--print_config="))]
         try:
             super().__init__(
                 model_class=Task,
@@ -230,6 +235,11 @@ class ArchlabCLI(LightningCLI):
                 "--init_from and --ckpt_path exclude each other: --ckpt_path continues that run (its weights, "
                 "optimizer and epoch), --init_from starts a new run from a checkpoint's net weights; give one."
             )
+        if self.print_config:
+            build(cfg, task=False)  # the DataModule's shapes, linked into cfg
+            config = tracking.redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
+            sys.stdout.write(yaml.safe_dump(config[self.subcommand], sort_keys=False))
+            raise ConfigPrinted
         if self.subcommand == "fit":
             check_frequency(cfg.checkpoint_every_n_steps, cfg.checkpoint_every_minutes)
         # A preset this machine cannot run (a GPU, a TPU, several nodes) stops here, before a run directory or data.
@@ -346,6 +356,11 @@ class ArchlabCLI(LightningCLI):
             kwargs["logger"] = tracking.make_logger(
                 cfg.tracker, run.tracker, experiment=cfg.experiment, project=cfg.project, tags=tags
             )
+        if self.subcommand == "fit" and not sys.stdout.isatty() and cfg.trainer.enable_progress_bar is not False:
+            # A pipe, a file, CI, `docker run` without -t: plain lines instead of a bar that redraws one line.
+            if cfg.trainer.enable_progress_bar is None:
+                kwargs["enable_progress_bar"] = False
+            self.extra_callbacks = [*self.extra_callbacks, LineProgress()]
         if cfg.trainer.log_every_n_steps is None:
             # Lightning's 50 leaves the per-step training curve empty for the 4-20 batches of a small epoch.
             kwargs["log_every_n_steps"] = 10
@@ -607,6 +622,10 @@ def archlab_errors():
         raise cause from None
 
 
+class ConfigPrinted(Exception):
+    """`--print_config` printed the linked config; the command ends there, successfully."""
+
+
 class _Parsed(Exception):
     def __init__(self, config: Namespace) -> None:
         self.config = config
@@ -660,6 +679,8 @@ def run(args: list[str] | None = None, *, callbacks: list[L.Callback] | None = N
             warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by.*")
             # In-process callers (sweeps, studies, tests) pass `args` while sys.argv holds their own command line.
             warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
+            for noise in tracking.WARNING_NOISE:
+                warnings.filterwarnings("ignore", message=noise)
             cli = ArchlabCLI(args, callbacks=callbacks)
         if getattr(cli, "trainer", None) is not None:
             cli.finish_loggers()
@@ -683,6 +704,8 @@ def main(argv: list[str] | None = None, *, callbacks: list[L.Callback] | None = 
 
             return sweep_main(args[1:])
         run(args, callbacks=callbacks)
+    except ConfigPrinted:
+        return 0
     except RunInterrupted as error:
         if is_primary_process():
             print(f"archlab: {error}", file=sys.stderr)

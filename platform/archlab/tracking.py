@@ -63,10 +63,24 @@ class MaskSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if any(noise in message for noise in LOG_NOISE):
+            return False
         masked = mask_url(message)
         if masked != message:
             record.msg, record.args = masked, None
         return True
+
+
+# Lines of Lightning's start-up that say nothing about this run, dropped by MaskSecrets (which mask_logs installs):
+# an advertisement, and a note on how Lightning counts the schedule's steps.
+LOG_NOISE = ("litlogger", "to estimate number of stepping batches")
+# Library warnings known to be noise in archlab's runs, ignored while a command runs (archlab.cli.run):
+WARNING_NOISE = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # torch's pytree API, inside Lightning
+    r".*is smaller than the logging interval.*",  # a small epoch; archlab logs every 10 steps anyway
+    r".*callbacks used to create the checkpoint need to be provided.*",  # test/predict need no training callbacks
+    r".*module\(s\) in eval mode at the start of training.*",  # the frozen FID feature network, by design
+)
 
 
 def mask_logs(names: tuple[str, ...] = ("lightning.pytorch", "lightning.fabric", "")) -> None:
@@ -207,7 +221,11 @@ def make_logger(
     tracker: Tracker, run_dir: Path, *, experiment: str, project: str, tags: list[str] | None = None
 ) -> Logger | bool:
     if tracker == "wandb":
+        import wandb
+
         return OfflineFallbackWandbLogger(
+            # quiet: no start banner and no 30-line history at the end; archlab's summary says where the run is.
+            settings=wandb.Settings(quiet=True),
             save_dir=str(run_dir),
             project=project,
             name=f"{experiment}/{run_dir.name}",
