@@ -19,6 +19,7 @@ import wandb_records
 from archlab import cli
 from archlab.sweep import main as sweep_main
 from archlab.sweep.trial import TrialRecorder
+from archlab.tracking import BestInSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # every test here trains (about 80 s in all)
@@ -172,3 +173,15 @@ def test_mlflow_holds_the_metrics_params_images_and_best_checkpoint_of_a_run(tmp
     assert len(samples) == 3
     local = Path(client.download_artifacts(run.info.run_id, samples[-1], str(tmp_path)))
     assert pixels(local).std() > 10
+
+
+def test_the_wandb_summary_of_a_metric_that_peaks_mid_run_holds_the_peak(tmp_path: Path) -> None:
+    import wandb
+
+    run = wandb.init(mode="offline", dir=tmp_path, project="archlab")
+    trainer = SimpleNamespace(loggers=[WandbLogger(experiment=run)], is_global_zero=True)
+    BestInSummary("val/acc", "max").on_fit_start(trainer, None)
+    for step, acc in enumerate([0.5, 0.9, 0.7]):  # the best epoch is the middle one, not the last
+        run.log({"val/acc": acc, "trainer/global_step": step})
+    run.finish()
+    assert wandb_records.summary(wandb_records.run_file(tmp_path))["val/acc"] == {"max": 0.9}
