@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import wandb_records
 from archlab import checkpoints
 from archlab.data.base import ResumableLoader, TensorBatchDataset, whole_batch
 from archlab.errors import DivergedError
@@ -134,32 +134,11 @@ def test_validation_leaves_the_training_random_stream_alone(tmp_path: Path, monk
 
 
 def wandb_history_steps(run_file: Path) -> tuple[list[str], list[int]]:
-    """The run ids and logged trainer/global_step values of an offline W&B run file, read with W&B's own record
-    schema (wandb.proto); the file is W&B's record log: a 7-byte header, then 32 KiB blocks of chunks, each with a
-    7-byte header (crc32c, length, type: 1 full, 2 first, 3 middle, 4 last)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, pos, pending, ids, steps = run_file.read_bytes(), 7, b"", [], []
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:
-            pos += 32768 - pos % 32768
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 0:
-            pos += (32768 - pos % 32768) % 32768
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            if record.HasField("run"):
-                ids.append(record.run.run_id)
-            if record.HasField("history"):
-                items = {"/".join(i.nested_key) or i.key: i.value_json for i in record.history.item}
-                if "trainer/global_step" in items:
-                    steps.append(int(float(items["trainer/global_step"])))
-    return ids, steps
+    """The run ids and the trainer/global_step values at which an offline W&B run file logged a training step's loss
+    (the learning-rate monitor logs rows of its own, at the start of each step)."""
+    ids = [run.run_id for run in wandb_records.of_type(run_file, "run")]
+    rows = wandb_records.history(run_file)
+    return ids, [int(row["trainer/global_step"]) for row in rows if "train/loss_step" in row]
 
 
 @pytest.mark.slow
