@@ -493,7 +493,7 @@ def test_secrets_reach_no_file_and_no_output(lab: Lab, mode: str) -> None:
         assert checkpoint["datamodule_hyper_parameters"]["api_key"] == "***"
     assert list(cwd.glob("runs/*/*/tracker/wandb/*run-*")) or list(cwd.glob("runs/*/*/**/wandb/*run-*"))
     hits, files = search(cwd, CANARIES)
-    assert files > 10
+    assert files >= 5  # the search read the run's files (config, checkpoints, W&B run file, status, ...)
     assert hits == []
 
 

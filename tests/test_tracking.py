@@ -114,3 +114,23 @@ def test_mask_values_masks_what_the_command_line_holds_under_secret_options():
     masked = tracking.mask_values(message, argv)
     assert "k3y-value" not in masked and "t0k" not in masked and ":pw@" not in masked
     assert masked.startswith("unrecognized arguments: --data.api_key *** --data.token=***")
+
+
+def test_a_resumed_wandb_run_waits_for_its_id_then_continues_in_a_new_run(monkeypatch, tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    calls = []
+
+    def experiment(self):
+        calls.append(self._wandb_init.get("id"))
+        if self._wandb_init.get("id") == "held":
+            raise RuntimeError("run ID held is in use")
+        return "started"
+
+    monkeypatch.setattr(WandbLogger, "experiment", property(experiment))
+    monkeypatch.setattr(tracking, "RUN_IN_USE_WAIT_S", 3.0)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    logger = tracking.OfflineFallbackWandbLogger(save_dir=str(tmp_path), id="held", offline=True)
+    with pytest.warns(UserWarning, match="still held"):
+        assert logger._start() == "started"
+    assert calls[0] == "held" and calls[-1] is None and len(calls) >= 2

@@ -19,6 +19,7 @@ import netrc
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -199,7 +200,7 @@ class OfflineFallbackWandbLogger(WandbLogger):
         import wandb
 
         try:
-            return super().experiment
+            return self._start()
         except wandb.errors.CommError as error:
             if self._offline:
                 raise
@@ -214,7 +215,36 @@ class OfflineFallbackWandbLogger(WandbLogger):
             self._offline = True
             self._wandb_init["mode"] = "offline"
             self._experiment = None
-            return super().experiment
+            return self._start()
+
+    def _start(self) -> Any:
+        """Start (or continue) the W&B run. A resumed run's id can still be held for a while by the W&B service of
+        the process that was killed ("run ID ... is in use"): wait for it to let go, then continue in a new run."""
+        deadline, renamed = time.monotonic() + RUN_IN_USE_WAIT_S, False
+        while True:
+            try:
+                return super().experiment
+            except Exception as error:
+                if "is in use" not in str(error) or renamed:
+                    raise
+                if time.monotonic() < deadline:
+                    time.sleep(2.0)
+                    continue
+                held = self._wandb_init.get("id") or os.environ.get("WANDB_RUN_ID")
+                warnings.warn(
+                    f"W&B run {held} is still held by the W&B service of the process that was stopped; this part of "
+                    "the run is recorded as a new W&B run instead.",
+                    stacklevel=2,
+                )
+                os.environ.pop("WANDB_RUN_ID", None)
+                self._wandb_init.pop("id", None)
+                self._id = None
+                self._experiment = None
+                renamed = True
+
+
+# How long a resumed run waits for its W&B run id to be released by the killed process's W&B service.
+RUN_IN_USE_WAIT_S = 60.0
 
 
 def make_logger(
