@@ -133,4 +133,4 @@ def test_a_resumed_wandb_run_waits_for_its_id_then_continues_in_a_new_run(monkey
     logger = tracking.OfflineFallbackWandbLogger(save_dir=str(tmp_path), id="held", offline=True)
     with pytest.warns(UserWarning, match="still held"):
         assert logger._start() == "started"
-    assert calls[0] == "held" and calls[-1] is None and len(calls) >= 2
+    assert calls[0] == "held" and calls[-1] not in (None, "held") and len(calls) >= 2

@@ -18,6 +18,7 @@ import logging
 import netrc
 import os
 import re
+import secrets
 import sys
 import time
 import warnings
@@ -236,9 +237,10 @@ class OfflineFallbackWandbLogger(WandbLogger):
                     "the run is recorded as a new W&B run instead.",
                     stacklevel=2,
                 )
+                # A new id of its own: without one, resume="allow" would pick the held id again from the run
+                # directory's wandb-resume.json. (W&B ids: lowercase letters and digits.)
                 os.environ.pop("WANDB_RUN_ID", None)
-                self._wandb_init.pop("id", None)
-                self._id = None
+                self._wandb_init["id"] = self._id = secrets.token_hex(4)
                 self._experiment = None
                 renamed = True
 

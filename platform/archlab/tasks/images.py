@@ -81,7 +81,7 @@ def log_grid(module: L.LightningModule, key: str, image: Tensor, *, caption: str
             logger.experiment.add_text(f"{key}/caption", caption, global_step=step)
             logged = True
         elif isinstance(logger, MLFlowLogger):
-            # MLflow's step-indexed images (its UI's image slider); the caption is the artifact's file name.
+            # MLflow's step-indexed images (its UI shows them by step); MLflow stores no caption, the key names them.
             image = pixels.permute(1, 2, 0).numpy()
             logger.experiment.log_image(logger.run_id, image, key=key.replace("/", "_"), step=step)
             logged = True
