@@ -256,7 +256,12 @@ def test_in_process_trials_leak_no_environment_variables_warnings_filters_or_arg
 
 def test_sigkill_mid_trial_then_rerun_resumes_the_retry_from_its_checkpoint(tmp_path: Path) -> None:
     path = write_sweep(
-        tmp_path, "kill", n_trials=1, heartbeat_interval=1, grace_period=3, fixed={"trainer.max_epochs": 40}
+        tmp_path,
+        "kill",
+        n_trials=1,
+        heartbeat_interval=1,
+        grace_period=3,
+        fixed={"trainer.max_epochs": 24, "data.batch_size": 16},  # seconds of training left after the first checkpoint
     )
     proc = subprocess.Popen(
         sweep_command("-c", str(path)), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -285,7 +290,9 @@ def test_sigkill_mid_trial_then_rerun_resumes_the_retry_from_its_checkpoint(tmp_
 
 
 def test_sigkill_of_one_journal_worker_mid_trial_the_others_retry_its_trial(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, "jkill", n_trials=3, workers=2, fixed={"trainer.max_epochs": 12})
+    path = write_sweep(
+        tmp_path, "jkill", n_trials=3, workers=2, fixed={"trainer.max_epochs": 12, "data.batch_size": 32}
+    )  # small batches: the victim's trial is still training when the kill lands, even on a loaded machine
     journal = tmp_path / "runs/jkill/journal.log"
     proc = subprocess.Popen(
         sweep_command("-c", str(path)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -343,9 +350,10 @@ def test_a_journal_trial_whose_process_died_is_failed_and_retried_once(tmp_path:
 
 
 def test_sigterm_fails_the_running_trial_and_the_next_run_resumes_it_within_the_budget(tmp_path: Path) -> None:
-    # Enough epochs that the trial is still training when the signal lands, even on a loaded machine: the wait
-    # looks for the trial's first checkpoint on disk (cheap) rather than opening the study (seconds under load).
-    path = write_sweep(tmp_path, "term", n_trials=2, fixed={"trainer.max_epochs": 12})
+    # Small batches and 16 epochs keep the trial training for seconds after its first checkpoint, so the signal lands
+    # mid-trial even when a loaded machine starves this test's polling (with 128-sample batches a trial took about a
+    # second and CI once saw it finish first). The wait looks for that checkpoint on disk, not in the study (slow).
+    path = write_sweep(tmp_path, "term", n_trials=2, fixed={"trainer.max_epochs": 16, "data.batch_size": 16})
     proc = subprocess.Popen(
         sweep_command("-c", str(path)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
