@@ -1032,6 +1032,11 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def table(title: str, columns: list[str], body: list[str]) -> list[str]:
+    """A report section: its heading, a markdown table of `columns` holding the rows `body`, a blank line."""
+    return [f"## {title}", "", f"| {' | '.join(columns)} |", "|" + "---|" * len(columns), *body, ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -1082,69 +1087,58 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     rows = report["sections"].get("attribution")
     if rows:
-        lines += [
-            "## Where a step's overhead goes: archlab's step with each feature off (same runs as above otherwise)",
-            "",
-            "| family | variant | ms/step |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {r['family']} | {r['variant']} | {fmt(r['step_ms'], 2)} |" for r in rows]
-        lines.append("")
+        lines += table(
+            "Where a step's overhead goes: archlab's step with each feature off (same runs as above otherwise)",
+            ["family", "variant", "ms/step"],
+            [f"| {r['family']} | {r['variant']} | {fmt(r['step_ms'], 2)} |" for r in rows],
+        )
     rows = report["sections"].get("e2e")
     if rows:
-        lines += [
-            "## The default job end to end (a fresh process each)",
-            "",
-            "| command | epochs | wall s |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {r['what']} | {r['epochs']} | {'> 240 (stopped)' if math.isinf(r['wall_s']) else fmt(r['wall_s'])} |"
-            for r in rows
-        ]
-        lines.append("")
+        lines += table(
+            "The default job end to end (a fresh process each)",
+            ["command", "epochs", "wall s"],
+            [
+                f"| {r['what']} | {r['epochs']} | "
+                f"{'> 240 (stopped)' if math.isinf(r['wall_s']) else fmt(r['wall_s'])} |"
+                for r in rows
+            ],
+        )
     rows = report["sections"].get("startup")
     if rows:
-        lines += ["## Start-up", "", "| command | seconds |", "|---|---|"]
-        lines += [f"| `{r['what']}` | {fmt(r['seconds'], 2)} |" for r in rows if "seconds" in r]
-        lines += [f"\n{r['what']}: {r['value']}" for r in rows if "value" in r]
-        lines.append("")
+        lines += table(
+            "Start-up",
+            ["command", "seconds"],
+            [f"| `{r['what']}` | {fmt(r['seconds'], 2)} |" for r in rows if "seconds" in r]
+            + [f"\n{r['what']}: {r['value']}" for r in rows if "value" in r],
+        )
     rows = report["sections"].get("loader")
     if rows:
-        lines += [
-            f"## Loading in-memory batches ({rows[0]['samples']:,} uint8 images 3x32x32, "
-            f"batch {rows[0]['batch_size']})",
-            "",
-            "| loader | batches/s | vs plain slicing |",
-            "|---|---|---|",
-        ]
         plain = rows[1]["batches_per_s"]
-        lines += [
-            f"| {r['what']} | {fmt(r['batches_per_s'], 0)} | {fmt(r['batches_per_s'] / plain, 2)} |" for r in rows
-        ]
-        lines.append("")
+        lines += table(
+            f"Loading in-memory batches ({rows[0]['samples']:,} uint8 images 3x32x32, batch {rows[0]['batch_size']})",
+            ["loader", "batches/s", "vs plain slicing"],
+            [f"| {r['what']} | {fmt(r['batches_per_s'], 0)} | {fmt(r['batches_per_s'] / plain, 2)} |" for r in rows],
+        )
     rows = report["sections"].get("trackers")
     if rows:
-        lines += [
-            "## Trackers: cost of one logged step (`log_metrics`; Lightning logs every 50 steps by default)",
-            "",
-            "| tracker | ms per logged step | mean ms | start s | finish s |",
-            "|---|---|---|---|---|",
-        ]
-        for r in rows:
-            if "error" in r:
-                lines.append(f"| {r['tracker']} | error: {r['error'][-150:]!r} ||||")
-            else:
-                lines.append(
-                    f"| {r['tracker']} | {fmt(r['ms_per_log'], 3)} | {fmt(r['ms_per_log_mean'], 3)} | "
-                    f"{fmt(r['start_s'], 2)} | {fmt(r['finish_s'], 2)} |"
-                )
-        lines.append("")
+        lines += table(
+            "Trackers: cost of one logged step (`log_metrics`; Lightning logs every 50 steps by default)",
+            ["tracker", "ms per logged step", "mean ms", "start s", "finish s"],
+            [
+                f"| {r['tracker']} | error: {r['error'][-150:]!r} ||||"
+                if "error" in r
+                else f"| {r['tracker']} | {fmt(r['ms_per_log'], 3)} | {fmt(r['ms_per_log_mean'], 3)} | "
+                f"{fmt(r['start_s'], 2)} | {fmt(r['finish_s'], 2)} |"
+                for r in rows
+            ],
+        )
     rows = report["sections"].get("checkpoint")
     if rows:
-        lines += ["## Checkpoint save (ResNet-20 with its AdamW state)", "", "| how | ms | MB |", "|---|---|---|"]
-        lines += [f"| {r['what']} | {fmt(r['ms'], 2)} | {fmt(r['mb'], 2)} |" for r in rows]
-        lines.append("")
+        lines += table(
+            "Checkpoint save (ResNet-20 with its AdamW state)",
+            ["how", "ms", "MB"],
+            [f"| {r['what']} | {fmt(r['ms'], 2)} | {fmt(r['mb'], 2)} |" for r in rows],
+        )
     rows = report["sections"].get("sweep")
     if rows:
         lines += ["## Sweeps", ""]
@@ -1164,19 +1158,21 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     rows = report["sections"].get("threads")
     if rows:
-        lines += [
-            "## Threads: a ResNet-20 training step (batch 64 of 8x8 digits)",
-            "",
-            "| other processes started (1-min load average during the probes) | setting | threads | ms/step "
-            "(median of rounds) | per round |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['load']} | {r['setting']} | {r['threads']} | {fmt(r['step_ms'])} | "
-            f"{', '.join(str(x) for x in r.get('samples_ms', []))} |"
-            for r in rows
-        ]
-        lines.append("")
+        lines += table(
+            "Threads: a ResNet-20 training step (batch 64 of 8x8 digits)",
+            [
+                "other processes started (1-min load average during the probes)",
+                "setting",
+                "threads",
+                "ms/step (median of rounds)",
+                "per round",
+            ],
+            [
+                f"| {r['load']} | {r['setting']} | {r['threads']} | {fmt(r['step_ms'])} | "
+                f"{', '.join(str(x) for x in r.get('samples_ms', []))} |"
+                for r in rows
+            ],
+        )
     errors = {name: rows for name, rows in report.get("errors", {}).items()}
     for name, error in errors.items():
         lines += [f"Section {name} failed: {error[-500:]!r}", ""]

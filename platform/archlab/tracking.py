@@ -193,7 +193,13 @@ def wandb_offline() -> bool:
 
 class OfflineFallbackWandbLogger(WandbLogger):
     """Lightning's WandbLogger; online, a W&B server that cannot be reached (down, firewalled, a wrong
-    WANDB_BASE_URL) switches the run to offline, inside the run directory, with a warning saying how to upload it."""
+    WANDB_BASE_URL) switches the run to offline, inside the run directory, with a warning saying how to upload it.
+
+    Starting again sets WandbLogger's private `_experiment`, `_wandb_init` and `_id`: Lightning has no public way to
+    start a logger's run a second time with other settings, and the run must start lazily, on rank zero only, once the
+    Trainer exists (Lightning's `rank_zero_experiment`), so building a second logger there is not an option. The
+    tests of an unreachable server (tests/test_safety.py) and of a held run id (tests/test_tracking.py) break if
+    Lightning renames them."""
 
     @property
     @rank_zero_experiment
