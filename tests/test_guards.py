@@ -78,14 +78,19 @@ def test_the_gans_manual_optimization_is_guarded_too() -> None:
     assert all(torch.isfinite(p).all() for p in task.parameters())
 
 
+# `archlab fit` of a one-layer CNN on digits, in this process.
+TINY_FIT = [
+    *("fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--tracker", "csv"),
+    *("--trainer.enable_progress_bar", "false", "--model.net.channels", "[8]"),
+]
+
+
 def test_archlab_fit_stops_a_diverging_run_with_exit_5_and_no_checkpoint(
     tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     # The probe: `--model.lr 1.0e+6` used to exit 0 with every weight of best.ckpt NaN and marked best.
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--model.lr", "1.0e+6", "--tracker", "csv"]
-    args += ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--model.net.channels", "[8]"]
-    assert cli.main(args) == 5
+    assert cli.main([*TINY_FIT, "--model.lr", "1.0e+6", "--trainer.max_epochs", "2"]) == 5
     err = capsys.readouterr().err
     assert re.search(r"archlab: error: training diverged at step \d+ \(epoch 0\)", err), err[-2000:]
     (run,) = (tmp_path / "runs/cnn_digits").iterdir()
@@ -100,9 +105,8 @@ def test_archlab_fit_with_nonfinite_skip_trains_past_a_poisoned_batch(
     # One batch of infinite inputs at step 3: its step is skipped, and the BatchNorm statistics its forward pass
     # moved are put back, so every tensor of every checkpoint (buffers included) stays finite.
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--tracker", "csv", "--nonfinite", "skip"]
-    args += ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--model.net.channels", "[8]"]
-    assert cli.main([*args, "--test_after_fit", "false"], callbacks=[PoisonAt(3)]) == 0
+    args = [*TINY_FIT, "--nonfinite", "skip", "--trainer.max_epochs", "1", "--test_after_fit", "false"]
+    assert cli.main(args, callbacks=[PoisonAt(3)]) == 0
     assert "nonfinite: skipped 1 step(s)" in capsys.readouterr().out
     (run,) = (tmp_path / "runs/cnn_digits").iterdir()
     checkpoints = sorted(run.rglob("*.ckpt"))
