@@ -149,3 +149,14 @@ def test_multinode_runs_under_a_launcher(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_fsdp_is_refused_on_cpu(no_gpu: None) -> None:
     with pytest.raises(ConfigError, match="runs on CUDA GPUs only, not on accelerator 'cpu'"):
         check_hardware(parse("fsdp", "--trainer.accelerator", "cpu").trainer)
+
+
+def test_sync_batchnorm_is_refused_under_ddp_on_cpu(no_gpu: None) -> None:
+    with pytest.raises(ConfigError, match=r"sync_batchnorm needs CUDA .* leave trainer.sync_batchnorm false"):
+        check_hardware(parse("ddp_cpu", "--trainer.sync_batchnorm", "true").trainer)
+    check_hardware(parse("cpu", "--trainer.sync_batchnorm", "true").trainer)  # one process: plain BatchNorm
+
+
+def test_sync_batchnorm_passes_with_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpus(monkeypatch, 2, (9, 0), "NVIDIA H100")
+    check_hardware(parse("ddp", "--trainer.sync_batchnorm", "true").trainer)

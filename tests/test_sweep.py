@@ -362,12 +362,14 @@ def test_sigterm_fails_the_running_trial_and_the_next_run_resumes_it_within_the_
         wait_for(last.exists, proc=proc, interval=0.05)
     finally:
         proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     study = sqlite_study(tmp_path, "term")
     assert states(study) == {"FAIL": 1, "WAITING": 1}  # stopped at once, and queued again
     assert "SIGTERM" in study.trials[0].user_attrs["fail_reason"]
-    assert b"interrupted" in out
+    # archlab's message with the command that continues, not Optuna's report of the failed trial and its traceback.
+    assert b"interrupted" in out and f"Continue with: archlab sweep -c {path}".encode() in out
+    assert b"Traceback" not in out + err and b"failed with" not in out + err
 
     rerun = run("-c", str(path), cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -378,6 +380,31 @@ def test_sigterm_fails_the_running_trial_and_the_next_run_resumes_it_within_the_
     assert retry.params == study.trials[0].params
     assert retry.user_attrs["resumed_from"] == str(tmp_path / "runs/term/trial-0000/checkpoints/last.ckpt")
     assert retry.user_attrs["restored_global_step"] > 0  # continued, not started over
+
+
+def test_a_sqlite_study_continued_with_several_workers_moves_into_a_journal_file(tmp_path: Path) -> None:
+    study_dir = tmp_path / "runs/grow"
+    study_dir.mkdir(parents=True)
+    study = optuna.create_study(study_name="grow", storage=f"sqlite:///{study_dir}/study.db", direction="maximize")
+    study.set_user_attr("sweep", {"metric": "val/acc"})
+    for value in (0.5, None):
+        trial = study.ask({"model.lr": optuna.distributions.FloatDistribution(1.0e-3, 1.0e-1, log=True)})
+        trial.set_user_attr("run_dir", str(study_dir / f"trial-{trial.number:04d}"))
+        trial.report(0.25, step=0)
+        study.tell(trial, value, state=TrialState.COMPLETE if value else TrialState.FAIL)
+    settings = type("Settings", (), {"study_dir": study_dir, "workers": 2, "study_name": "grow"})()
+
+    url = sweep_settings.Settings.default_storage(settings)  # what `archlab sweep ... --workers 2` opens
+
+    assert url == f"journal:{study_dir}/journal.log"
+    assert not (study_dir / "study.db").exists() and (study_dir / "study.db.migrated").is_file()
+    moved = journal_study(study_dir / "journal.log", "grow")
+    assert moved.user_attrs == {"sweep": {"metric": "val/acc"}}
+    assert [(t.number, t.state, t.params, t.user_attrs, t.intermediate_values) for t in moved.trials] == [
+        (t.number, t.state, t.params, t.user_attrs, t.intermediate_values) for t in study.trials
+    ]
+    settings.workers = 1  # and stays there when continued with one worker again
+    assert sweep_settings.Settings.default_storage(settings) == url
 
 
 def test_three_local_workers_share_a_journal_file_and_leave_no_trial_that_never_ran(tmp_path: Path) -> None:

@@ -202,7 +202,8 @@ class LastCheckpoint(Checkpoint):
     they arrive during validation) every rank agrees on it and the checkpoint is written; once that step's logs are
     out, Lightning's SIGTERMException stops the run on all ranks at once (before the next batch or validation).
     Lightning's own SIGTERM handler broadcasts from inside the signal handler, which under DDP can pair with another
-    collective and break the process group; it is set aside while training runs.
+    collective and break the process group; it is set aside while training runs. The handler it replaced, when an
+    enclosing program set one (a sweep worker's), runs once the checkpoint is written (`hand_over`).
     """
 
     def __init__(self, run: RunDir, *, every_n_steps: int | None = None, every_minutes: float | None = 30.0) -> None:
@@ -215,6 +216,7 @@ class LastCheckpoint(Checkpoint):
         self.stop_signal: int | None = None  # SIGTERM or SIGINT, once one has asked the run to stop
         self.stopping = False  # every rank agreed to stop and the checkpoint is written
         self.outer_handlers: dict[int, Any] = {}  # before Lightning's: an enclosing program's (a sweep worker's)
+        self.outer_pending: Any = None  # that handler, once a signal came, until the run stops (`hand_over`)
         self.replaced: dict[int, Any] = {}
 
     @property
@@ -233,7 +235,7 @@ class LastCheckpoint(Checkpoint):
     def on_signal(self, signum: int, frame: Any) -> None:
         outer = self.outer_handlers.get(signum)
         if callable(outer) and outer is not signal.default_int_handler:
-            outer(signum, frame)
+            self.outer_pending = self.outer_pending or outer
         if signum == signal.SIGINT and self.stop_signal == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         first = self.stop_signal is None
@@ -274,6 +276,7 @@ class LastCheckpoint(Checkpoint):
             if not trainer.fast_dev_run and self.saved_step != trainer.global_step:
                 self.save(trainer)
             self.stopping = True
+            self.hand_over()
         # A checkpoint taken right before a validation would resume past it: this one waits until it is over.
         elif (by_time or by_steps) and not trainer.fast_dev_run and not validation_follows(trainer, batch_idx):
             self.save(trainer)
@@ -282,6 +285,16 @@ class LastCheckpoint(Checkpoint):
         if not trainer.fast_dev_run:
             self.save(trainer)
         self.stopping = self.stopping or self.stop_requested(trainer, pl_module)[0]
+        if self.stopping:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Run the enclosing program's handler of the signal (a sweep worker's, which fails the trial by raising) now
+        that the checkpoint is written, at a batch or epoch boundary. Called from inside the signal handler, it raised
+        wherever the signal landed, once in the middle of the pruning callback's write to the study's database."""
+        outer, self.outer_pending = self.outer_pending, None
+        if outer is not None:
+            outer(self.stop_signal, None)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

@@ -11,13 +11,14 @@ A run survives kills: `archlab fit --resume RUN` continues it from its latest va
 checkpoints), in the same tracker run. SIGTERM and Ctrl-C save a checkpoint at the next batch boundary and exit with
 143 and 130.
 
-Everything is built once per command: the DataModule (and its vocabulary), the net (and any weights it loads from
---init_from), the task. LightningCLI's own instantiation receives the DataModule and net already built.
+Everything is built once per command (archlab.building): the DataModule (and its vocabulary), the net (and any weights
+it loads from --init_from), the task. LightningCLI's own instantiation receives the DataModule and net already built.
+The run's directory, status record and exit messages are archlab.lifecycle's; short names and `archlab list` are
+archlab.catalog's; what the parser says about a bad command line is archlab.usage's; the command line against a
+checkpoint's hyperparameters (test and predict with --ckpt_path) is archlab.hparams'.
 """
 
 import contextlib
-import importlib
-import inspect
 import logging
 import os
 import signal
@@ -25,12 +26,10 @@ import sys
 import time
 import warnings
 from argparse import ArgumentError
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
-import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -40,21 +39,20 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
-from archlab import tracking
+from archlab import catalog, hparams, lifecycle, tracking, usage
+from archlab.building import Built, archlab_errors, build, import_class, instantiate  # noqa: F401 - cli.Built, ...
 from archlab.checkpoints import (
     AtomicCheckpointIO,
     ExactResume,
     LastCheckpoint,
     check_frequency,
     expand_resume,
-    latest_checkpoint,
 )
-from archlab.errors import ArchlabError, ConfigError, CorruptFileError, RunInterrupted
+from archlab.errors import ConfigError
 from archlab.guards import NonFiniteGuard, Policy
 from archlab.hardware import check_hardware
-from archlab.loading import load_checkpoint, load_weights
+from archlab.loading import check_state_dict, load_checkpoint
 from archlab.predictions import PredictionWriter
 from archlab.progress import LineProgress
 from archlab.rundir import RunDir, RunLock, is_primary_process, new_run_dir, write_atomic
@@ -71,7 +69,7 @@ class RunConfig(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = tracking.redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
         run = RunDir(trainer.default_root_dir)
-        logged = {**config, "run_dir": str(run.root), **source_run(config.get("ckpt_path"), stage)}
+        logged = {**config, "run_dir": str(run.root), **lifecycle.source_run(config.get("ckpt_path"), stage)}
         for logger in trainer.loggers:
             logger.log_hyperparams(logged)
             if isinstance(logger, WandbLogger) and logger.version:
@@ -83,25 +81,36 @@ class RunConfig(SaveConfigCallback):
         write_atomic(run.config, lambda f: f.write(text.encode()))
 
 
-def source_run(ckpt_path: str | None, stage: str) -> dict[str, str]:
-    """For test, validate and predict of a run's checkpoint: that run's directory and W&B run id, which tie this
-    tracker run to the run it evaluates (both are also in the same W&B group, the experiment)."""
-    if stage == "fit" or not ckpt_path or "://" in str(ckpt_path):
-        return {}
-    source = RunDir(Path(ckpt_path).resolve().parent.parent)
-    if not source.config.is_file():
-        return {}
-    wandb_id = source.wandb_id.read_text().strip() if source.wandb_id.is_file() else None
-    return {"source_run": str(source.root), **({"source_wandb_id": wandb_id} if wandb_id else {})}
-
-
 class ArchlabParser(LightningArgumentParser):
-    """LightningCLI's parser, with a one-line usage above errors instead of every option the Trainer has."""
+    """LightningCLI's parser, with help limited to archlab's classes and one paragraph for a rejected command line
+    (archlab.usage), instead of every option the Trainer has and every union member jsonargparse tried."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", usage.HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.argv: list[str] = []  # what it parses, for masking secret values out of an error
+
+    def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Namespace:
+        self.argv = [str(arg) for arg in args or []]
+        return super().parse_args(args, *rest, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        # A class's own parser inside a union (jsonargparse marks it inner) reports to the outer one: the paragraph
+        # is made once, from the whole report.
+        if os.environ.get("ARCHLAB_DEBUG") or getattr(self, "_inner_parser", False):
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        options = [option for action in parser._actions for option in action.option_strings]
+        paragraph = tracking.mask_values(usage.one_paragraph(message, prog, options), self.argv)
+        if not self.exit_on_error:
+            super().error(paragraph, ex)
+        self.exit(2, f"archlab: error: {paragraph}\n")
 
     def print_usage(self, file: Any = None) -> None:
         prog = self.prog.replace(" [options]", "")
         if " " not in prog:
-            prog += " {fit,validate,test,predict,sweep}"
+            prog += " {fit,validate,test,predict,sweep,study,list}"
         (file or sys.stderr).write(f"usage: {prog} -c CONFIG [--section.key VALUE ...]\n")
 
 
@@ -117,10 +126,15 @@ class ArchlabCLI(LightningCLI):
         self.best_score: float | None = None
         # `fit --resume RUN` is `fit -c RUN/config.yaml --run_dir RUN --ckpt_path last`, before anything is parsed.
         args = expand_resume(sys.argv[1:] if args is None else list(args))
+        args = catalog.expand_short_names(args)  # --data Digits, --model.net ResNet: archlab's classes first
         # `--print_config` is answered after the data's shapes are linked (what the run's config.yaml will hold), not
         # by jsonargparse at parse time, which prints the unlinked defaults (in_channels: 3 for 1-channel digits).
         self.print_config = any(arg == "--print_config" or arg.startswith("--print_config=") for arg in args)
         args = [arg for arg in args if not (arg == "--print_config" or arg.startswith("--print_config="))]
+        # With --ckpt_path, LightningCLI lays the checkpoint's hyperparameters over these (archlab.hparams).
+        self.model_options = hparams.model_options(args)
+        self.given_model: Namespace | None = None
+        self.checkpoint: dict[str, Any] | None = None
         try:
             super().__init__(
                 model_class=Task,
@@ -220,13 +234,20 @@ class ArchlabCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and self.model_options:
+            self.given_model = self.config[subcommand].model.clone()
         if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
             # Read once through archlab's loader (weights_only, one paragraph naming the file on any failure) before
             # LightningCLI reads the file's hyperparameters with a bare torch.load.
-            load_checkpoint(ckpt_path, what="--ckpt_path")
+            checkpoint = load_checkpoint(ckpt_path, what="--ckpt_path")
+            # validate, test and predict check it against the model before a run directory exists (the task checks
+            # again when Lightning loads it).
+            self.checkpoint = checkpoint if subcommand != "fit" else None
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        if self.given_model is not None and Path(cfg.ckpt_path).is_file():
+            hparams.reconcile(self.subcommand, self.given_model, cfg.model, self.model_options, cfg.ckpt_path)
         if not cfg.experiment:
             sources = cfg.get("config") or []
             cfg.experiment = Path(str(sources[0])).stem if sources else "archlab"
@@ -239,82 +260,18 @@ class ArchlabCLI(LightningCLI):
             build(cfg, task=False)  # the DataModule's shapes, linked into cfg
             config = tracking.redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
             sys.stdout.write(yaml.safe_dump(config[self.subcommand], sort_keys=False))
-            raise ConfigPrinted
+            raise lifecycle.ConfigPrinted
         if self.subcommand == "fit":
             check_frequency(cfg.checkpoint_every_n_steps, cfg.checkpoint_every_minutes)
         # A preset this machine cannot run (a GPU, a TPU, several nodes) stops here, before a run directory or data.
         check_hardware(cfg.trainer)
-        self.take_run_dir(cfg)
+        self.lock, self.resuming = lifecycle.take_run_dir(cfg, self.subcommand)
         # The task is left to LightningCLI's instantiation, which records the config as its hyperparameters.
         self.built = build(cfg, init_from=cfg.init_from, task=False)
         # This run's own files, not the sources it was built from: test and predict of it need only its directory.
         cfg.init_from = None
         if getattr(self.built.data, "vocabulary", None) is not None and "vocab_path" in cfg.data.init_args:
             cfg.data.init_args.vocab_path = None
-
-    def take_run_dir(self, cfg: Namespace) -> None:
-        """Lock an explicit --run_dir before anything is built; refuse one that holds another run unless this command
-        resumes it; remove what a kill left half-written; resolve `--ckpt_path last` in it."""
-        fit = self.subcommand == "fit"
-        if fit and cfg.get("ckpt_path") == "last" and not cfg.run_dir:
-            raise ConfigError(
-                "--ckpt_path last continues the run in --run_dir, and no --run_dir was given; continue a run with "
-                "`archlab fit --resume RUN` (or --run_dir RUN --ckpt_path last)."
-            )
-        if not cfg.run_dir:
-            return
-        run = RunDir(cfg.run_dir)
-        if (
-            fit
-            and not cfg.get("ckpt_path")
-            and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
-            and run.holds_a_run()
-        ):
-            # SLURM requeued this job (Lightning's auto-requeue, or scontrol requeue): the same command continues.
-            cfg.ckpt_path = "last"
-        self.resuming = fit and bool(cfg.get("ckpt_path"))
-        if is_primary_process():
-            self.lock = run.lock()
-            if run.holds_a_run() and not self.resuming:
-                status = run.read_status() or {}
-                state = f" ({status['status']} at step {status.get('step', 0)})" if "status" in status else ""
-                raise ConfigError(
-                    f"{run.root} already holds a run{state}; a new run there would mix its checkpoints and tracker "
-                    f"run with that one's. Continue that run with `archlab fit --resume {run.root}`, or give this "
-                    "one a new --run_dir (or none)."
-                )
-            for path in run.remove_partial_writes():
-                print(f"archlab: removed {path}, a write that a kill interrupted", file=sys.stderr)
-        if fit and cfg.ckpt_path == "last":
-            cfg.ckpt_path = self.resolve_last(run)
-
-    def resolve_last(self, run: RunDir) -> str | None:
-        """The run's loadable checkpoint with the highest global step; None (train from step 0) when it has none."""
-        path, step, skipped = latest_checkpoint(run)
-        say = is_primary_process()
-        for reason in skipped:
-            if say:
-                print(f"archlab: warning: skipping a checkpoint: {reason}", file=sys.stderr)
-        if path is None and skipped:
-            raise CorruptFileError(
-                f"none of the {len(skipped)} checkpoint(s) of {run.root} can be read (listed above); move them "
-                "away to start this run again from step 0, or start a new run."
-            )
-        status = run.read_status() or {}
-        before = status.get("status")
-        if before == "running":  # this process holds the lock, so the one that wrote "running" is gone
-            before = f"killed while running (pid {status.get('pid')})"
-        elif before == "interrupted":
-            before = f"{status.get('message', 'interrupted').split(';')[0]}"
-        if say:
-            if path is None:
-                print(f"archlab: {run.root} has no checkpoint yet: training starts there from step 0", file=sys.stderr)
-            else:
-                print(
-                    f"archlab: resuming {run.root} from {path} (step {step}); it was {before or 'not recorded'}",
-                    file=sys.stderr,
-                )
-        return str(path) if path else None
 
     def instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -329,7 +286,12 @@ class ArchlabCLI(LightningCLI):
         self.datamodule = self.built.data
         self.model = self._get(self.config_init, "model")
         self.model.check_data(self.datamodule)
-        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(cfg.runs_root, cfg.experiment).root
+        if self.checkpoint is not None:
+            check_state_dict(self.model, self.checkpoint, source=cfg.ckpt_path)
+            self.checkpoint = None
+        self.run_dir = (
+            Path(cfg.run_dir) if cfg.run_dir else new_run_dir(cfg.runs_root, cfg.experiment, self.subcommand).root
+        )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         run = RunDir(self.run_dir)
         if self.lock is None and is_primary_process():
@@ -381,6 +343,11 @@ class ArchlabCLI(LightningCLI):
         if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing") is not False:
             # The run directory holds the checkpoints, whoever configured the callback; archlab's own only when the
             # user configured none (Lightning would otherwise add a default one that monitors nothing).
+            given = [c for c in as_list(cfg.trainer.callbacks) if str(c.get("class_path", "")).endswith("Checkpoint")]
+            for callback, config in zip(checkpoints, given if len(given) == len(checkpoints) else [], strict=False):
+                dirpath = config.get("init_args", {}).get("dirpath")
+                if dirpath and not Path(dirpath).is_absolute():
+                    callback.dirpath = str(run.root / dirpath)  # relative: inside the run, like everything it writes
             for callback in checkpoints:
                 if callback.dirpath is None:
                     callback.dirpath = str(run.checkpoints)
@@ -406,32 +373,17 @@ class ArchlabCLI(LightningCLI):
         # The run's status record: a run that fails or is stopped never looks finished (RUN/status.json).
         record = RunDir(self.run_dir) if is_primary_process() else None
         if record is not None:
-            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
-            record.write_status(
-                "running",
-                command=subcommand,
-                started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                resumed_from=tracking.mask_url(str(ckpt_path)) if ckpt_path else None,
-                continue_with=f"archlab fit --resume {record.root}" if subcommand == "fit" else None,
-                message=None,
-                exit_code=None,
-            )
+            lifecycle.record_start(record, subcommand, self.config[subcommand].get("ckpt_path"))
         try:
             super()._run_subcommand(subcommand)
         except BaseException as error:
             # A run that raises (a pruned or failed sweep trial, Ctrl-C) must not stay open and merge into the next.
             self.finish_loggers()
             if record is not None:
-                stopped = isinstance(error, RunInterrupted | KeyboardInterrupt)
-                message = str(error) if stopped else f"{type(error).__name__}: {error}"
-                record.write_status(
-                    "interrupted" if stopped else "failed",
-                    message=tracking.mask_url(message)[:2000],
-                    exit_code=getattr(error, "exit_code", 130 if isinstance(error, KeyboardInterrupt) else 1),
-                )
+                lifecycle.record_stop(record, error)
             raise
-        if record is not None and (record.read_status() or {}).get("status") != "finished":
-            record.write_status("finished", exit_code=0)
+        if record is not None:
+            lifecycle.record_finished(record)
 
     def fit(self, **kwargs: Any) -> None:
         start = time.perf_counter()
@@ -447,7 +399,11 @@ class ArchlabCLI(LightningCLI):
             stopper = next((c for c in self.trainer.callbacks if isinstance(c, LastCheckpoint)), None)
             signum = stopper.stop_signal if stopper is not None else None
             if isinstance(exit_, SIGTERMException) or signum is not None:
-                raise self.interrupted(signum or signal.SIGTERM, stopper) from None
+                trainer = self.trainer
+                run = RunDir(self.run_dir)
+                raise lifecycle.interrupted(
+                    run, trainer.current_epoch, trainer.global_step, signum or signal.SIGTERM, stopper
+                ) from None
             raise
         if self.trainer.interrupted:
             return
@@ -480,24 +436,8 @@ class ArchlabCLI(LightningCLI):
         records = [tracking.describe(logger) for logger in self.trainer.loggers]
         # W&B prints its own run summary when the run closes; close it first so ours is the last word.
         self.finish_loggers()
-        RunDir(self.run_dir).write_status(
-            "finished", epoch=self.trainer.current_epoch, step=self.trainer.global_step, exit_code=0
-        )
+        lifecycle.record_finished(RunDir(self.run_dir), epoch=self.trainer.current_epoch, step=self.trainer.global_step)
         self.print_summary(wall_time, best, records)
-
-    def interrupted(self, signum: int, stopper: "LastCheckpoint | None") -> RunInterrupted:
-        """Where a stopped run stands, which checkpoint it continues from, and the command that continues it."""
-        run = RunDir(self.run_dir)
-        trainer = self.trainer
-        name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
-        where = f"stopped by {name} at epoch {trainer.current_epoch}, step {trainer.global_step}"
-        if stopper is not None and stopper.saved_step == trainer.global_step and run.last_checkpoint.is_file():
-            saved = f"saved {run.last_checkpoint} (step {stopper.saved_step})"
-        elif run.last_checkpoint.is_file():
-            saved = f"it continues from its latest checkpoint, {run.last_checkpoint}"
-        else:
-            saved = "no checkpoint was written yet, so it starts again from step 0"
-        return RunInterrupted(f"{where}; {saved}. Continue with: archlab fit --resume {run.root}", signum=signum)
 
     def predict(self, **kwargs: Any) -> None:
         kwargs.setdefault("return_predictions", False)
@@ -531,99 +471,13 @@ class ArchlabCLI(LightningCLI):
             console.print(record)
 
 
+def as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [] if value is None else [value]
+
+
 def has_stage(datamodule: L.LightningDataModule, stage: str) -> bool:
     hook = getattr(type(datamodule), f"{stage}_dataloader", None)
     return hook is not None and hook is not getattr(L.LightningDataModule, f"{stage}_dataloader")
-
-
-@dataclass
-class Built:
-    data: L.LightningDataModule
-    net: nn.Module | None
-    model: Task | None = None
-
-
-def build(
-    cfg: Namespace,
-    *,
-    data: L.LightningDataModule | None = None,
-    init_from: str | None = None,
-    task: bool = True,
-    meta: bool = False,
-) -> Built:
-    """Build a `fit`/`test`/... config's DataModule (unless `data` is given) and net, once.
-
-    The data's shapes are linked into `cfg` first; with `init_from`, the net's weights are read from that file;
-    with `task` (the default), the task is built around the net as well; with `meta`, net and task are built on the
-    meta device (no memory, no initialisation), which checks every argument at the cost of a constructor call.
-    Errors are archlab's own one-paragraph ones: built here rather than inside jsonargparse's instantiation, they are
-    not folded into a union-validation message.
-    """
-    data = data if data is not None else instantiate(cfg.data)
-    link_data_shapes(cfg, data)
-    net_cfg = cfg.model.init_args.get("net") if cfg.model.get("init_args") else None
-    device = torch.device("meta") if meta else contextlib.nullcontext()
-    net = None
-    with device:
-        if isinstance(net_cfg, Namespace) and net_cfg.get("class_path"):
-            net = instantiate(net_cfg)
-            if init_from and not meta:
-                load_weights(net, init_from)
-        model = None
-        if task:
-            args = cfg.model.init_args.as_dict() if cfg.model.get("init_args") else {}
-            if net is not None:
-                args["net"] = net
-            model = import_class(cfg.model.class_path)(**args)
-    return Built(data=data, net=net, model=model)
-
-
-def link_data_shapes(cfg: Namespace, data: L.LightningDataModule) -> None:
-    """Copy the DataModule's shapes (in_channels, num_classes, vocab_size, pad_id...) into the task and its net.
-
-    jsonargparse's link_arguments needs one fixed target key, but nets differ in which shapes they take, so the
-    link is made here: a shape goes to every constructor among the task and its net that has a parameter of that
-    name. A value the user set that disagrees with the data is an error, never silently replaced.
-    """
-    shapes = getattr(data, "shapes", None)
-    if not shapes:
-        return
-    targets = [("model", cfg.model)]
-    net = cfg.model.init_args.get("net") if cfg.model.get("init_args") else None
-    if isinstance(net, Namespace) and net.get("class_path"):
-        targets.append(("model.net", net))
-    for prefix, target in targets:
-        params = inspect.signature(import_class(target.class_path)).parameters
-        for key, value in shapes.items():
-            if key not in params:
-                continue
-            current, default = target.init_args.get(key), params[key].default
-            if current not in (None, default, value):
-                raise ConfigError(
-                    f"{prefix}.{key} is {current} but the data ({cfg.data.class_path}) provides {key}={value}. "
-                    f"Remove {prefix}.{key} from the config: the DataModule sets it."
-                )
-            target.init_args[key] = value
-
-
-@contextlib.contextmanager
-def archlab_errors():
-    """Re-raise an ArchlabError that jsonargparse's instantiation wrapped in its own error, as itself."""
-    try:
-        yield
-    except ArchlabError:
-        raise
-    except Exception as error:
-        cause = error
-        while cause is not None and not isinstance(cause, ArchlabError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        raise cause from None
-
-
-class ConfigPrinted(Exception):
-    """`--print_config` printed the linked config; the command ends there, successfully."""
 
 
 class _Parsed(Exception):
@@ -645,30 +499,26 @@ class _ParseOnly(ArchlabCLI):
 
 def parse_fit(args: list[str]) -> Namespace:
     """The resolved `fit` config for these arguments, nothing built; a ConfigError names what the parser rejected."""
+    return parse(["fit", *args])
+
+
+def parse(args: list[str]) -> Namespace:
+    """The resolved config of a command line (`fit ...`, `test ...`, ...), nothing built; a ConfigError names what the
+    parser rejected."""
     seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to 0", once per parse otherwise
     level = seed_log.level
     try:
         seed_log.setLevel(logging.WARNING)
         with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.simplefilter("ignore")
-            _ParseOnly(["fit", *args])
+            _ParseOnly(args)
     except _Parsed as parsed:
         return parsed.config
     except ArgumentError as error:
-        raise ConfigError(f"`archlab fit {' '.join(args)}` is invalid: {tracking.mask_url(str(error))}") from None
+        raise ConfigError(f"`archlab {' '.join(args)}` is invalid: {tracking.mask_url(str(error))}") from None
     finally:
         seed_log.setLevel(level)
     raise AssertionError("unreachable: _ParseOnly always raises")
-
-
-def import_class(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def instantiate(component: Namespace) -> Any:
-    init_args = component.get("init_args")
-    return import_class(component.class_path)(**(init_args.as_dict() if init_args else {}))
 
 
 def run(args: list[str] | None = None, *, callbacks: list[L.Callback] | None = None) -> ArchlabCLI:
@@ -704,20 +554,11 @@ def main(argv: list[str] | None = None, *, callbacks: list[L.Callback] | None = 
 
             return sweep_main(args[1:])
         run(args, callbacks=callbacks)
-    except ConfigPrinted:
-        return 0
-    except RunInterrupted as error:
-        if is_primary_process():
-            print(f"archlab: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:  # outside training (there, Ctrl-C is a RunInterrupted after a checkpoint)
-        print("archlab: interrupted (Ctrl-C).", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except ArchlabError as error:
-        if os.environ.get("ARCHLAB_DEBUG"):
+    except BaseException as error:
+        status = lifecycle.exit_status(error, args)
+        if status is None:
             raise
-        print(f"archlab: error: {tracking.mask_values(str(error), args)}", file=sys.stderr)
-        return error.exit_code
+        return status
     return 0
 
 

@@ -64,6 +64,13 @@ def check_hardware(trainer_config: Any) -> None:
                 f"L4, RTX 30xx/40xx); {torch.cuda.get_device_name(0)} has none: compose -c configs/trainer/fp16.yaml "
                 "after the hardware preset for float16 with loss scaling"
             )
+    several = num_nodes > 1 or (count(devices) or 1) > 1
+    if get(trainer_config, "sync_batchnorm") and several and (accelerator == "cpu" or (not wants_gpu and not cuda)):
+        # PyTorch's SyncBatchNorm refuses CPU tensors in its first training step, after the data has loaded.
+        needs.append(
+            "sync_batchnorm needs CUDA (or XPU) devices: PyTorch's SyncBatchNorm has no CPU implementation; under "
+            "configs/trainer/ddp_cpu.yaml leave trainer.sync_batchnorm false"
+        )
     if accelerator == "mps" and not torch.backends.mps.is_available():
         needs.append("accelerator 'mps' needs an Apple-silicon Mac with PyTorch's MPS backend")
     if accelerator in ("tpu", "xla", "xlaaccelerator") and not tpu_available():

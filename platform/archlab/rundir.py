@@ -1,9 +1,10 @@
 """Where everything in a run directory goes, decided here and nowhere else.
 
-    runs/<experiment>/<YYYYmmdd-HHMMSS>/
+    runs/<experiment>/<YYYYmmdd-HHMMSS>/    (a fit; test, validate and predict runs end in -test, -validate, -predict)
         config.yaml          the resolved config, secrets masked (`archlab fit -c` of it reruns the run)
         status.json          running | finished | failed | interrupted, with the step, the latest checkpoint and
-                             the command that continues the run
+                             the command that continues the run; for test, validate and predict, the checkpoint
+                             and the run it came from (source_run)
         checkpoints/         best.ckpt (the monitored metric's best) and last.ckpt (the latest completed step)
         tokenizer.json       a text run's vocabulary
         images/              sample grids and overlays, when the tracker takes no images
@@ -200,12 +201,14 @@ def is_primary_process() -> bool:
     return all(os.environ.get(key, "0") == "0" for key in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
-def new_run_dir(runs_root: str | Path, experiment: str) -> RunDir:
-    """runs/<experiment>/<YYYYmmdd-HHMMSS>[-N], created; reused by the other ranks of a multi-process run."""
+def new_run_dir(runs_root: str | Path, experiment: str, command: str = "fit") -> RunDir:
+    """runs/<experiment>/<YYYYmmdd-HHMMSS>[-<command>][-N], created; reused by the other ranks of a multi-process
+    run. A training run has the bare time; `test`, `validate` and `predict` runs carry their command's name."""
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
         return RunDir(inherited)
-    base = Path(runs_root) / experiment / datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = datetime.now().strftime("%Y%m%d-%H%M%S") + ("" if command == "fit" else f"-{command}")
+    base = Path(runs_root) / experiment / name
     root, n = base, 0
     while True:
         try:

@@ -41,6 +41,17 @@ def test_unet_skip_connections_carry_the_encoders_features():
     assert x.grad.abs().sum() > 0
 
 
+def test_unet_without_skips_depends_on_the_input_only_through_the_deepest_path():
+    net = UNet(in_channels=1, num_classes=2, depth=2, width=4, skips=False).eval()
+    x = torch.randn(1, 1, 16, 16, requires_grad=True)
+    assert net(x).shape == (1, 2, 16, 16)
+    net.up1.up.weight.data.zero_()
+    net.up1.up.bias.data.zero_()
+    net(x).sum().backward()
+    assert x.grad.abs().sum() == 0
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in UNet(depth=2, width=4).parameters())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [({"depth": 0}, "depth"), ({"upsampling": "nearest"}, "bilinear"), ({"num_classes": 1}, "num_classes")],

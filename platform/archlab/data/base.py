@@ -217,6 +217,11 @@ class DataModule(L.LightningDataModule):
         """{"train", "val", "test"} -> datasets; called once, by the first setup."""
         raise NotImplementedError
 
+    def check_download(self) -> None:
+        """With `download` asked for and the files absent: raise DatasetNotFoundError unless the server can be reached.
+        The command calls it once the DataModule is built, before a run directory exists (the constructor stays free
+        of network access). No-op for data that is never downloaded."""
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets is None:
             self.datasets = self.make_datasets()

@@ -26,11 +26,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
 from archlab.data.base import ImageDataModule, TensorBatchDataset, check_fraction, split_indices
+from archlab.data.download import check_reachable, download_errors
 from archlab.data.image_files import image_size as file_image_size
 from archlab.data.image_files import read_image
 from archlab.errors import ConfigError, DatasetNotFoundError
 
 PET_TRIMAP_CLASSES = ["background", "pet", "border"]
+PETS_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"  # where torchvision.datasets.OxfordIIITPet downloads from
 
 
 def augment_pair(
@@ -280,6 +282,10 @@ class OxfordPets(SegmentationDataModule):
         if not download:
             self._check_files()
 
+    def check_download(self) -> None:
+        if self.download and not (Path(self.root) / "oxford-iiit-pet" / "annotations" / "test.txt").is_file():
+            check_reachable("OxfordPets", [PETS_URL], self.root)
+
     def _check_files(self) -> None:
         base = Path(self.root) / "oxford-iiit-pet"
         required = [base / "images", base / "annotations" / "trimaps"]
@@ -294,7 +300,8 @@ class OxfordPets(SegmentationDataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            torchvision.datasets.OxfordIIITPet(self.root, split="test", target_types="segmentation", download=True)
+            with download_errors("OxfordPets", self.root):
+                torchvision.datasets.OxfordIIITPet(self.root, split="test", target_types="segmentation", download=True)
 
     def make_datasets(self) -> dict[str, Dataset]:
         self._check_files()

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from archlab.data.base import DataModule, TensorBatchDataset, check_fraction, split_indices
 from archlab.errors import ConfigError, CorruptFileError, DatasetNotFoundError
@@ -271,9 +271,10 @@ class Streams(Dataset):
     """The token stream as B parallel streams; item i is the whole batch of the i-th T-step window of every stream,
     so a recurrent net's hidden state carries from one batch to the next (truncated BPTT)."""
 
-    def __init__(self, tokens: Tensor, seq_len: int, batch_size: int) -> None:
+    def __init__(self, tokens: Tensor, seq_len: int, batch_size: int, *, rows: slice = slice(None)) -> None:
+        """`rows`: the streams this process serves (under DDP, every world_size-th from its rank)."""
         n = len(tokens) // batch_size
-        self.streams = tokens[: n * batch_size].view(batch_size, n)  # (B, N)
+        self.streams = tokens[: n * batch_size].view(batch_size, n)[rows]  # (B', N)
         self.seq_len = seq_len
         self.count = max((n - 1) // seq_len, 0)
 
@@ -363,7 +364,17 @@ class TextCorpus(TextDataModule):
 
     def loader(self, split: str, *, shuffle: bool = False) -> DataLoader:
         if self.stream:  # each item is already a batch of the parallel streams, served in order
-            return DataLoader(self.dataset(split), batch_size=None)
+            dataset = self.dataset(split)
+            trainer = self.trainer
+            if trainer is not None and trainer.world_size > 1:
+                # Under DDP each process serves its own streams (rows) of every window, not every other window, so
+                # the hidden state it carries continues its own text; a one-replica DistributedSampler keeps
+                # Lightning from putting a window-sharding one in its place.
+                rows = slice(trainer.global_rank, None, trainer.world_size)
+                dataset = Streams(self.tokens[split], self.seq_len, self.batch_size, rows=rows)
+                sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False)
+                return DataLoader(dataset, batch_size=None, sampler=sampler)
+            return DataLoader(dataset, batch_size=None)
         return super().loader(split, shuffle=shuffle)
 
     def predict_dataloader(self) -> DataLoader:

@@ -24,6 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms.v2 import functional as TF
 
 from archlab.data.base import ImageDataModule, TensorBatchDataset, check_fraction, split_indices
+from archlab.data.download import check_reachable, download_errors
 from archlab.data.image_files import check_images, read_image
 from archlab.errors import ConfigError, CorruptFileError, DatasetNotFoundError
 from archlab.tracking import mask_url
@@ -163,6 +164,11 @@ class VisionDataModule(ImageDataModule):
         if not self.download:
             self._check_files()
 
+    def check_download(self) -> None:
+        if self.download and not all(path.is_file() for path in self._required_files()) and hasattr(self, "source"):
+            urls = getattr(self.source, "mirrors", None) or [self.source.url]  # the torchvision dataset's servers
+            check_reachable(self.name, urls, self.root)
+
     def _required_files(self) -> list[Path]:
         return []
 
@@ -184,7 +190,8 @@ class VisionDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if self.download and not all(path.is_file() for path in self._required_files()):
-            self._download()
+            with download_errors(self.name, self.root):
+                self._download()
 
     def _download(self) -> None:
         raise NotImplementedError

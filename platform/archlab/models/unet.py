@@ -44,10 +44,15 @@ class Down(nn.Sequential):
 
 
 class Up(nn.Module):
-    """(x, skip) -> 2x upsample x -> pad/crop to skip's size -> concat [skip, x] -> double conv."""
+    """(x, skip) -> 2x upsample x -> pad/crop to skip's size -> concat [skip, x] -> double conv.
 
-    def __init__(self, in_channels: int, out_channels: int, *, upsampling: str = "transpose") -> None:
+    `skip=False` is the ablation without the skip connection: the skip gives only its size, nothing is concatenated."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, upsampling: str = "transpose", skip: bool = True
+    ) -> None:
         super().__init__()
+        self.skip = skip
         if upsampling == "transpose":
             # The paper's "up-conv 2x2" that halves the channels.
             self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
@@ -56,14 +61,16 @@ class Up(nn.Module):
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                 nn.Conv2d(in_channels, in_channels // 2, 1),
             )
-        self.conv = DoubleConv(in_channels // 2 + out_channels, out_channels)
+        self.conv = DoubleConv(in_channels // 2 + (out_channels if skip else 0), out_channels)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = self.up(x)  # (B, C_in / 2, 2h, 2w)
         dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
         # The encoder's pools round up, so 2h may exceed the skip's height by one: negative padding crops.
         x = F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))  # (B, C_in / 2, H_skip, W_skip)
-        return self.conv(torch.cat([skip, x], dim=1))  # (B, C_out, H_skip, W_skip)
+        if self.skip:
+            x = torch.cat([skip, x], dim=1)  # (B, C_out + C_in / 2, H_skip, W_skip)
+        return self.conv(x)  # (B, C_out, H_skip, W_skip)
 
 
 class UNet(nn.Module):
@@ -78,10 +85,12 @@ class UNet(nn.Module):
         width: int = 64,
         upsampling: Literal["transpose", "bilinear"] = "transpose",
         dropout: float = 0.0,
+        skips: bool = True,
     ) -> None:
         """`depth` down/up stages; the first stage has `width` channels and each down stage doubles them (the paper:
         depth 4, width 64). `num_classes` >= 2 logits per pixel (binary segmentation is 2 classes). `dropout`
-        (Dropout2d) after the deepest stage, as in the paper's "drop-out layers at the end of the contracting path"."""
+        (Dropout2d) after the deepest stage, as in the paper's "drop-out layers at the end of the contracting path".
+        `skips: false` removes the encoder-decoder concatenations: a plain encoder-decoder, the ablation baseline."""
         super().__init__()
         if depth < 1:
             raise ConfigError(f"UNet depth must be >= 1 (the paper uses 4); got {depth}.")
@@ -103,7 +112,7 @@ class UNet(nn.Module):
         for i in range(1, depth + 1):
             self.add_module(f"down{i}", Down(widths[i - 1], widths[i], dropout=dropout if i == depth else 0.0))
         for i in range(1, depth + 1):
-            self.add_module(f"up{i}", Up(widths[depth - i + 1], widths[depth - i], upsampling=upsampling))
+            self.add_module(f"up{i}", Up(widths[depth - i + 1], widths[depth - i], upsampling=upsampling, skip=skips))
         self.outc = nn.Conv2d(widths[0], num_classes, 1)
 
         for m in self.modules():

@@ -19,6 +19,7 @@ Li et al. 2018, "Hyperband" (JMLR 18(185)).
 
 import contextlib
 import json
+import shlex
 import sys
 from collections.abc import Iterator
 
@@ -82,7 +83,12 @@ def sweep(argv: list[str]) -> int:
             # With --workers this runs only what the workers left behind (the retries of their lost trials).
             worker.work()
     if worker.signal is not None:
-        console.print(f"study {settings.study_name}: interrupted; the running trial is marked FAIL. Re-run to resume.")
+        command = tracking.mask_url(shlex.join(["archlab", "sweep", *argv]))
+        resume = "" if settings.worker_index is not None else f" Continue with: {command}"  # a worker's: its parent's
+        console.print(
+            f"study {settings.study_name}: interrupted; the running trial is marked FAIL and queued again, to resume "
+            f"from its last checkpoint.{resume}"
+        )
         return 128 + worker.signal
     if settings.worker_index is not None:
         return 0

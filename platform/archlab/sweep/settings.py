@@ -12,7 +12,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from archlab import cli, tracking
 from archlab.errors import ConfigError
 from archlab.sweep import space
-from archlab.sweep.storage import Storage
+from archlab.sweep.storage import Storage, migrate_to_journal
 
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
@@ -86,6 +86,10 @@ class Settings:
             max_retry=cfg.max_retry,
         )
 
+    def trial_args(self, params: dict[str, Any]) -> list[str]:
+        """A trial's `archlab fit` arguments: the base command's, then its sampled values (a study maps its own)."""
+        return [*self.fit_args, *space.option_args(params)]
+
     @property
     def spec(self) -> dict[str, Any]:
         """What a resumed study must share with this sweep."""
@@ -121,7 +125,10 @@ class Settings:
 
     def default_storage(self) -> str:
         journal, sqlite = self.study_dir / "journal.log", self.study_dir / "study.db"
-        if journal.exists() or (self.workers > 1 and not sqlite.exists()):
+        if self.workers > 1 and sqlite.exists() and not journal.exists():
+            # A study begun with one worker, continued with several: SQLite does not take several writers.
+            migrate_to_journal(sqlite, journal, self.study_name)
+        if journal.exists() or self.workers > 1:
             return f"journal:{journal}"
         return f"sqlite:///{sqlite}"
 

@@ -9,6 +9,7 @@ failed (`study.tell`) and retried through the same callback when the process tha
 import os
 import random
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -42,14 +43,18 @@ class Storage:
     ) -> None:
         if url.startswith("sqlite") and workers > 1:
             raise ConfigError(
-                f"storage {url}: SQLite is not safe for {workers} worker processes; use a journal file "
-                "(--storage journal:PATH, the default for --workers > 1) or postgresql://user@host/db"
+                f"storage {url}: SQLite is not safe for {workers} worker processes. Run this study with --workers 1, "
+                "or copy it into a journal file first (optuna.copy_study(from_study_name=NAME, from_storage=URL, "
+                "to_storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(PATH)))) and "
+                "give --storage journal:PATH; without --storage, archlab moves its own study.db into journal.log itself"
             )
         self.url = url
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         # The retry inherits the dead trial's reported values: it resumes mid-run, and pruners compare per step.
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
         self.storage: optuna.storages.BaseStorage | None = None
 
     @property
@@ -134,6 +139,29 @@ class Storage:
                 # A copy: the callback extends the failed trial's retry history in place.
                 (failed,) = [t for t in study.get_trials(deepcopy=True) if t.number == trial.number]
                 self.retry(study, failed)
+
+
+def migrate_to_journal(sqlite: Path, journal: Path, study_name: str) -> None:
+    """Move a study from its SQLite file into a journal file (Optuna's `copy_study`: every trial in its state, with
+    its number, attributes and reported values); the SQLite file is kept beside it as `<name>.migrated`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        target = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created": the study is not new
+        try:
+            optuna.copy_study(from_study_name=study_name, from_storage=f"sqlite:///{sqlite}", to_storage=target)
+        except BaseException:
+            journal.unlink(missing_ok=True)
+            raise
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+    sqlite.rename(sqlite.with_name(f"{sqlite.name}.migrated"))
+    print(
+        f"archlab sweep: moved study {study_name!r} from {sqlite} into {journal}, which several worker processes can "
+        f"share (SQLite cannot); the SQLite file is kept as {sqlite.name}.migrated",
+        file=sys.stderr,
+    )
 
 
 def worker_record(trial: optuna.Trial) -> dict[str, Any]:

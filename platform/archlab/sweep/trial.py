@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial
 from archlab import cli, tracking
 from archlab.errors import ArchlabError
 from archlab.rundir import RunDir
-from archlab.sweep.space import option_args, suggest
+from archlab.sweep.space import suggest
 from archlab.sweep.storage import retried_number, retry_history, worker_record
 
 if TYPE_CHECKING:
@@ -114,8 +114,7 @@ def run_trial(trial: optuna.Trial, settings: "Settings") -> float:
         trial.set_user_attr("resumed_from", str(resume))
     args = [
         "fit",
-        *settings.fit_args,
-        *option_args(params),
+        *settings.trial_args(params),
         *("--run_dir", str(run_dir), "--experiment", settings.study_name, "--runs_root", settings.runs_root),
         *("--tracker", settings.tracker, "--test_after_fit", str(settings.test_after_fit).lower()),
         *(("--ckpt_path", str(resume)) if resume else ()),

@@ -7,6 +7,7 @@ no trial is ever created that does not run.
 """
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -81,13 +82,25 @@ class Worker:
 
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
-        """SIGTERM and SIGINT stop the loop; inside a trial they fail it at once."""
+        """SIGTERM and SIGINT stop the loop; inside a trial they fail it at once. Optuna's report of the trial that
+        a signal failed (its traceback) is left out: archlab's own message says what happened and how to resume."""
         previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        handlers = logging.getLogger("optuna").handlers
+        for handler in handlers:
+            handler.addFilter(self.not_interrupted)
         try:
             yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            for handler in handlers:
+                handler.removeFilter(self.not_interrupted)
+
+    def not_interrupted(self, record: logging.LogRecord) -> bool:
+        """False for Optuna's warnings about a trial a signal stopped."""
+        if record.exc_info and isinstance(record.exc_info[1], Interrupted | KeyboardInterrupt):
+            return False
+        return not (self.signal is not None and record.getMessage().endswith("failed with value None."))
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.signal = signum
@@ -97,8 +110,9 @@ class Worker:
             raise Interrupted(f"{signal.Signals(signum).name} received")
 
 
-def spawn(settings: Settings, argv: list[str], count: int) -> list[subprocess.Popen]:
-    """`count` copies of this command, one worker each, sharing the study; their logs beside the study."""
+def spawn(settings: Settings, argv: list[str], count: int, *, command: str = "sweep") -> list[subprocess.Popen]:
+    """`count` copies of this command (`archlab sweep` or `archlab study`), one worker each, sharing the study; their
+    logs beside the study."""
     own, passthrough = split_passthrough(argv)
     own = drop_option(drop_option(own, "--storage"), "--workers")
     url, password = strip_password(settings.storage.url)
@@ -108,11 +122,11 @@ def spawn(settings: Settings, argv: list[str], count: int) -> list[subprocess.Po
     env.setdefault(threads.VARIABLE, str(max(1, threads.cores() // count)))
     procs = []
     for i in range(count):
-        command = [sys.executable, "-m", "archlab", "sweep", *own, "--workers", "1", "--worker_index", str(i)]
-        command += ["--storage", url, "--study_name", settings.study_name]
-        command += ["--", *passthrough] if passthrough else []
+        args = [sys.executable, "-m", "archlab", command, *own, "--workers", "1", "--worker_index", str(i)]
+        args += ["--storage", url, "--study_name", settings.study_name]
+        args += ["--", *passthrough] if passthrough else []
         with (settings.study_dir / f"worker-{i}.log").open("w") as log:
-            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+            procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env))
     return procs
 
 

@@ -13,6 +13,7 @@ signal, so checkpoints follow `val/fid`.
 from typing import ClassVar, Literal
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -35,6 +36,8 @@ class Adversarial(GenerativeTask):
         label_smoothing: float = 0.0,
         fid_samples: int = 1000,
         num_samples: int = 64,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         if not all(hasattr(net, name) for name in ("generator", "discriminator", "latent_dim")):
             raise ConfigError(
@@ -47,10 +50,28 @@ class Adversarial(GenerativeTask):
             raise ConfigError(f"model.betas must be two numbers in [0, 1); got {betas}.")
         if fid_samples < 2:
             raise ConfigError(f"model.fid_samples must be >= 2: checkpoints follow val/fid; got {fid_samples}.")
-        super().__init__(net, fid_samples=fid_samples, num_samples=num_samples, lr=lr, schedule="constant")
+        super().__init__(
+            net,
+            fid_samples=fid_samples,
+            num_samples=num_samples,
+            lr=lr,
+            schedule="constant",
+            compile=compile,
+            channels_last=channels_last,
+        )
         self.betas = tuple(betas)
         self.label_smoothing = label_smoothing
         self.automatic_optimization = False
+
+    def setup(self, stage: str) -> None:
+        if isinstance(self.trainer.strategy, DDPStrategy):
+            # The D step leaves G's parameters without gradients and the G step D's, which DDP's reducer takes for a
+            # bug unless it searches for unused parameters (https://github.com/Lightning-AI/pytorch-lightning/issues/
+            # 20328). The strategy reads the flag when it wraps the task, after this hook, and has no public setter.
+            self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.net.generator, self.net.discriminator]  # the steps call the two players, never net(...)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         lr = self.hparams.lr

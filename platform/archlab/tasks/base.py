@@ -1,11 +1,15 @@
-"""The shared base of every archlab task: stage-keyed steps, the default optimizer, the monitored metric.
+"""The shared base of every archlab task: stage-keyed steps, the default optimizer, the monitored metric, and the
+options every task shares: `compile` (torch.compile) and `channels_last` (the memory format of conv nets).
 
 A task is the LightningModule for one training objective; the architecture arrives as `net`, a plain nn.Module.
 """
 
+import os
+import random
 from typing import ClassVar, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
@@ -33,7 +37,13 @@ class Task(L.LightningModule):
         weight_decay: float = 1.0e-2,
         warmup: float = 0.1,
         schedule: Literal["cosine", "constant"] = "cosine",
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
+        """`compile`: compile the modules the training step calls (`compiled_modules`) with torch.compile, in place, so
+        checkpoints keep the uncompiled net's keys and load either way. `channels_last`: hold a conv net's weights,
+        and the image batches it is given, in channels-last memory format (NHWC), which GPU tensor cores and
+        oneDNN convolutions prefer."""
         super().__init__()
         if lr <= 0:
             raise ConfigError(f"model.lr must be > 0, got {lr}.")
@@ -41,9 +51,20 @@ class Task(L.LightningModule):
             raise ConfigError(f"model.warmup is the fraction of steps spent warming up, in [0, 1); got {warmup}.")
         if schedule not in ("cosine", "constant"):
             raise ConfigError(f"model.schedule must be 'cosine' or 'constant', got {schedule!r}.")
+        if channels_last and not any(p.ndim == 4 for p in net.parameters()):
+            raise ConfigError(
+                f"model.channels_last is for conv nets (2-d convolutions); {type(net).__name__} has none: set it false."
+            )
         self.net = net
+        self.compile_net = compile  # not `self.compile`: that is nn.Module's method
+        self.channels_last = channels_last
+        self.prepared = False  # compile and channels_last applied (configure_model runs once per stage)
         # The CLI records the full config (net included) itself; `logger=False` keeps the tracker's config to one copy.
         self.save_hyperparameters(ignore=["net"], logger=False)
+        # How to run, not what was trained: kept out of checkpoints, whose hyperparameters LightningCLI lays over the
+        # command line, so that a compiled run's checkpoint validates eagerly unless --model.compile says otherwise.
+        for key in ("compile", "channels_last"):
+            self.hparams.pop(key, None)
         self.num_params = sum(p.numel() for p in net.parameters())
 
     def step(self, batch: tuple[Tensor, ...], stage: Stage) -> Tensor:
@@ -80,9 +101,27 @@ class Task(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         return self.step(batch, "test")
 
+    def compiled_modules(self) -> list[nn.Module]:
+        """The modules `compile` compiles: the ones the training step calls (other paths, such as sampling or greedy
+        decoding through other methods of the net, stay eager)."""
+        return [self.net]
+
+    def configure_model(self) -> None:
+        if self.prepared:
+            return
+        self.prepared = True
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            self.net.register_forward_pre_hook(to_channels_last)
+        if self.compile_net:
+            for module in self.compiled_modules():
+                module.compile()  # in place: the state_dict keys stay the net's own (no `_orig_mod.` prefix)
+
     def on_fit_start(self) -> None:
         for logger in self.loggers:
             logger.log_hyperparams({"model/params": self.num_params})
+        if self.trainer.world_size > 1:
+            seed_per_rank(self.trainer.global_rank)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning copies the task's and the DataModule's constructor arguments into every checkpoint: no secrets.
@@ -126,3 +165,24 @@ class Task(L.LightningModule):
     def predictions(self, outputs: list[dict[str, Tensor]]) -> Table | Images | Texts:
         """What `predict_step` returned (1-d tensors per key) as a table with a row per sample."""
         return Table({key: torch.cat([batch[key] for batch in outputs]).tolist() for key in outputs[0]})
+
+
+def to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: image batches (B, C, H, W) in channels-last memory format, the layout of the weights."""
+    return tuple(
+        x.contiguous(memory_format=torch.channels_last) if isinstance(x, Tensor) and x.ndim == 4 else x for x in args
+    )
+
+
+def seed_per_rank(rank: int) -> None:
+    """Reseed Python's, NumPy's and torch's global generators from (the run's seed, `rank`).
+
+    Every process of a distributed run starts from the same `seed_everything` seed, so without this each rank would
+    draw rank 0's augmentation (crops, flips, elastic fields), dropout masks, masked tokens and GAN noise for its own
+    samples. The loaders' shuffling does not use these generators (it is seeded by PL_GLOBAL_SEED and the epoch), so
+    the ranks' shards stay disjoint; the net's initial weights were drawn before and DDP broadcasts rank 0's."""
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    state = np.random.SeedSequence([seed, rank]).generate_state(2)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))

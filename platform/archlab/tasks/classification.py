@@ -27,7 +27,7 @@ class Classification(Task):
         aux_weight: float = 0.3,
         **kwargs: Any,
     ) -> None:
-        """`kwargs`: the optimizer settings of `Task` (lr, weight_decay, warmup, schedule)."""
+        """`kwargs`: the settings of `Task` (lr, weight_decay, warmup, schedule, compile, channels_last)."""
         super().__init__(net, **kwargs)
         num_classes = num_classes or getattr(net, "num_classes", None)
         if not num_classes or num_classes < 2:

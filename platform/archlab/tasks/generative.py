@@ -64,7 +64,8 @@ class GenerativeTask(Task):
         if self.fid is None:
             return
         if int(self.fid.real_features_num_samples) >= 2:
-            add_samples(self.fid, self.sample, self.fid_samples)
+            # Each process generates its share; the metric gathers every process's features when it computes.
+            add_samples(self.fid, self.sample, -(-self.fid_samples // self.trainer.world_size))
             self.log(f"{stage}/fid", self.fid.compute(), prog_bar=True)
         self.fid.reset()
 

@@ -62,6 +62,10 @@ class LanguageModeling(Task):
         self.test_nll = MeanMetric()
         self.states: dict[str, object] = {}
 
+    def compiled_modules(self) -> list[nn.Module]:
+        # With carry_state the step calls net.recur(), not net(...): its parts are compiled instead.
+        return list(self.net.children()) if self.carry_state else [self.net]
+
     def step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
         x, y = batch  # (B, T) each
         if self.carry_state:

@@ -159,7 +159,11 @@ class Reconstruction(GenerativeTask):
         codes, self._codes = self._codes, []
         if self.variational or len(codes) == 0:
             return
-        codes = torch.cat(codes).double()  # (N, latent_dim)
+        codes = torch.cat(codes)  # (N, latent_dim)
+        if self.trainer.world_size > 1:
+            # Every process fits the same Gaussian, to all the validation codes (the sampler shards them equally).
+            codes = self.all_gather(codes).flatten(0, 1)  # (world_size * N, latent_dim)
+        codes = codes.double()
         if len(codes) < 2:
             return
         mean = codes.mean(dim=0)

@@ -48,7 +48,7 @@ class Segmentation(Task):
         """`val/dice` and `val/iou` average the per-class scores over classes 1.. (all classes with
         `include_background`); every class's own score is logged as `val/dice_<i>`, `val/iou_<i>`. Every
         `overlay_every_n_epochs` epochs (0: never), the first `overlay_images` validation images are logged with
-        their ground truth and prediction overlaid. `kwargs`: the optimizer settings of `Task`."""
+        their ground truth and prediction overlaid. `kwargs`: the settings of `Task`."""
         super().__init__(net, **kwargs)
         num_classes = num_classes or getattr(net, "num_classes", None)
         if not num_classes or num_classes < 2:
