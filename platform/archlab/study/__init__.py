@@ -34,8 +34,12 @@ EXIT_RUN_FAILED = 4
 
 
 def main(argv: list[str]) -> int:
+    from archlab import tracking
     from archlab.sweep.storage import StorageUnreachable
 
+    argv_before = sys.argv[:]
+    # As in `archlab sweep`: trackers record sys.argv with every run; a password typed into --storage stays out.
+    sys.argv[:] = [tracking.mask_url(arg) for arg in sys.argv]
     try:
         return study(argv)
     except StorageUnreachable as error:
@@ -46,6 +50,8 @@ def main(argv: list[str]) -> int:
             raise
         print(f"archlab study: error: {error}", file=sys.stderr)
         return error.exit_code
+    finally:
+        sys.argv[:] = argv_before
 
 
 def study(argv: list[str]) -> int:
