@@ -56,6 +56,7 @@ def test_layout_keeps_the_stdlib_platform_module() -> None:
 FULL_SIZE = ["bert_mlm", "bert_topics", "cnn_digits", "dcgan_digits", "gpt_charlm", "lstm_charlm", "unet_pets"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [ROOT / f"configs/{name}.yaml" for name in FULL_SIZE], ids=lambda p: p.stem)
 def test_configs_run_fast_dev_run_through_the_command(config: Path, tmp_path: Path, data_root: Path) -> None:
     extra = ["--data.root", str(data_root)] if "cifar" in config.stem or "pets" in config.stem else []
@@ -81,6 +82,7 @@ def test_configs_have_no_numeric_looking_strings(config: Path) -> None:
     assert list(walk(yaml.safe_load(config.read_text()))) == []
 
 
+@pytest.mark.slow
 def test_fit_then_test_and_predict_from_the_saved_run(tmp_path: Path) -> None:
     fit = archlab(
         "fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--tracker", "csv", "--trainer.max_epochs", "2",
@@ -146,6 +148,7 @@ def test_cifar100_shapes_reach_the_net(tmp_path: Path, data_root: Path) -> None:
         (["--data.batch_sise", "8"], "batch_sise"),
     ],
 )
+@pytest.mark.slow
 def test_unknown_keys_and_wrong_types_are_named(args: list[str], named: str, tmp_path: Path) -> None:
     result = archlab("fit", "-c", str(ROOT / "configs/resnet_digits.yaml"), *args, cwd=tmp_path)
     assert result.returncode != 0
@@ -162,6 +165,7 @@ def test_unknown_keys_and_wrong_types_are_named(args: list[str], named: str, tmp
         ("resnet_cifar10", ["--data.root", "{tmp}/nowhere"], ["CIFAR", "nowhere", "--data.download"]),
     ],
 )
+@pytest.mark.slow
 def test_bad_values_give_one_paragraph_not_a_traceback(
     config: str, args: list[str], expected: list[str], tmp_path: Path, data_root: Path
 ) -> None:
@@ -175,6 +179,7 @@ def test_bad_values_give_one_paragraph_not_a_traceback(
         assert word in result.stderr, (word, result.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_help_print_config_and_shorthand_overrides(tmp_path: Path) -> None:
     helped = archlab("fit", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and "--tracker" in helped.stdout and "--trainer.max_epochs" in helped.stdout
@@ -219,6 +224,7 @@ def mlm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cwd / "mlm"
 
 
+@pytest.mark.slow
 def test_each_thing_is_built_once_per_command(mlm_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
@@ -256,6 +262,7 @@ def test_each_thing_is_built_once_per_command(mlm_run: Path, tmp_path: Path, mon
     assert result.best_score is not None and result.monitor == "val/acc"
 
 
+@pytest.mark.slow
 def test_fine_tuned_run_needs_only_its_own_directory(mlm_run: Path, tmp_path: Path) -> None:
     init_from = mlm_run / "checkpoints/best.ckpt"
     fit = archlab(
@@ -296,6 +303,7 @@ def test_fine_tuned_run_needs_only_its_own_directory(mlm_run: Path, tmp_path: Pa
     assert yaml.safe_load((ft / "config.yaml").read_text()) == saved  # test and predict wrote their own runs
 
 
+@pytest.mark.slow
 def test_init_from_a_checkpoint_that_does_not_fit_lists_the_keys(mlm_run: Path, tmp_path: Path) -> None:
     init_from = str(mlm_run / "checkpoints/best.ckpt")
     wider = [*TINY_BERT[:1], "64", *TINY_BERT[2:]]  # --model.net.dim 64 against a dim-32 checkpoint
@@ -310,6 +318,7 @@ def test_init_from_a_checkpoint_that_does_not_fit_lists_the_keys(mlm_run: Path, 
     assert not (tmp_path / "runs").exists()  # stopped before a run started
 
 
+@pytest.mark.slow
 def test_the_users_checkpoint_callback_and_enable_checkpointing_are_honoured(tmp_path: Path) -> None:
     top3 = archlab(
         "fit", "-c", str(ROOT / "configs/cnn_digits.yaml"), "--tracker", "csv", "--trainer.max_epochs", "4",

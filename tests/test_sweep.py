@@ -118,6 +118,7 @@ def assert_every_trial_ran(study: optuna.Study) -> None:
         assert trial.intermediate_values, trial
 
 
+@pytest.mark.slow
 def test_two_trial_sweep_end_to_end_and_the_best_config_reproduces_its_trial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,6 +255,7 @@ def test_in_process_trials_leak_no_environment_variables_warnings_filters_or_arg
     assert sys.argv == argv
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_resumes_the_retry_from_its_checkpoint(tmp_path: Path) -> None:
     path = write_sweep(
         tmp_path,
@@ -289,6 +291,7 @@ def test_sigkill_mid_trial_then_rerun_resumes_the_retry_from_its_checkpoint(tmp_
     assert "trial 0 failed: its worker was lost; retried as trial 1" in result.stdout
 
 
+@pytest.mark.slow
 def test_sigkill_of_one_journal_worker_mid_trial_the_others_retry_its_trial(tmp_path: Path) -> None:
     path = write_sweep(
         tmp_path, "jkill", n_trials=3, workers=2, fixed={"trainer.max_epochs": 12, "data.batch_size": 32}
@@ -349,6 +352,7 @@ def test_a_journal_trial_whose_process_died_is_failed_and_retried_once(tmp_path:
     assert sweep_storage.retried_number(retry) == lost.number and retry.params == {"x": 1.0}
 
 
+@pytest.mark.slow
 def test_sigterm_fails_the_running_trial_and_the_next_run_resumes_it_within_the_budget(tmp_path: Path) -> None:
     # Small batches and 16 epochs keep the trial training for seconds after its first checkpoint, so the signal lands
     # mid-trial even when a loaded machine starves this test's polling (with 128-sample batches a trial took about a
@@ -407,6 +411,7 @@ def test_a_sqlite_study_continued_with_several_workers_moves_into_a_journal_file
     assert sweep_settings.Settings.default_storage(settings) == url
 
 
+@pytest.mark.slow
 def test_three_local_workers_share_a_journal_file_and_leave_no_trial_that_never_ran(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, "local", n_trials=4, workers=3)
     proc = subprocess.Popen(sweep_command("-c", str(path)), cwd=tmp_path, stdout=subprocess.PIPE, text=True)

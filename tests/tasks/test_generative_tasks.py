@@ -231,6 +231,7 @@ def archlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_vae_fit_logs_grids_and_predict_writes_new_samples(cache: Path, tmp_path: Path):
     fit = archlab(
         "fit", "-c", str(ROOT / "configs/vae_digits.yaml"), "--tracker", "csv", "--trainer.max_epochs", "1",
