@@ -72,6 +72,15 @@ EQUALITY = {
     "ae_digits": ["--model.fid_samples", "64"],
     "lstm_charlm": ["--model.net.hidden_dim", "32", "--data.seq_len", "32", "--data.batch_size", "8"],
 }
+# What a short fit with the CSV tracker writes into its run directory, each file once (by one process).
+RUN_FILES = [
+    "checkpoints/best.ckpt",
+    "checkpoints/last.ckpt",
+    "config.yaml",
+    "hparams.yaml",
+    "metrics.csv",
+    "status.json",
+]
 SHORT = [
     *("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.num_sanity_val_steps", "0"),
     *("--tracker", "csv", "--trainer.enable_progress_bar", "false"),

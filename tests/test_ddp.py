@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import ddp_matrix
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     *("-c", str(ROOT / "configs/cnn_digits.yaml"), "--model.net.channels", "[8, 16]"),
@@ -65,14 +67,7 @@ def test_two_process_metrics_equal_one_process_and_files_are_written_once(tmp_pa
     # One run directory, each file in it once: rank 1 reused rank 0's directory and wrote none of the records.
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp", "one"]
     files = sorted(str(p.relative_to(ddp)) for p in ddp.rglob("*") if p.is_file() and p.name != ".lock")
-    assert files == [
-        "checkpoints/best.ckpt",
-        "checkpoints/last.ckpt",
-        "config.yaml",
-        "hparams.yaml",
-        "metrics.csv",
-        "status.json",
-    ]
+    assert files == ddp_matrix.RUN_FILES
     assert len(logged(ddp, "val/loss")) == 1 and len(logged(ddp, "train/loss_epoch")) == 1  # one row per epoch
     config = yaml.safe_load((ddp / "config.yaml").read_text())
     assert config["trainer"]["devices"] == 2

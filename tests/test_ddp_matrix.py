@@ -36,14 +36,7 @@ COMPARED = {
     "lstm_charlm": ["val/loss", "val/bpc", "val/ppl"],
     "ae_digits": ["val/loss", "val/recon", "val/mse"],
 }
-RUN_FILES = [
-    "checkpoints/best.ckpt",
-    "checkpoints/last.ckpt",
-    "config.yaml",
-    "hparams.yaml",
-    "metrics.csv",
-    "status.json",
-]
+RUN_FILES = ddp_matrix.RUN_FILES
 MORE_FILES = {
     "ae_digits": ["images/val_reconstructions_epoch000.png", "images/val_samples_epoch000.png"],
     "gpt_charlm": ["tokenizer.json"],
