@@ -93,7 +93,8 @@ def rng_states() -> dict[str, Any]:
         "numpy": (name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    # Not is_available(): under Lightning (which sets PYTORCH_NVML_BASED_CUDA_CHECK) it opens NVML on every call.
+    if torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 

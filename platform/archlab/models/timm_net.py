@@ -11,13 +11,14 @@ classifier matches num_classes keeps it, any other gets a new classifier (timm's
 import difflib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import huggingface_hub
-import timm
 import torch
-from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict, split_model_name_tag
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from timm.models import PretrainedCfg
 
 from archlab.errors import ConfigError
 from archlab.loading import unreadable
@@ -39,6 +40,11 @@ class TimmNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        # timm (and huggingface_hub) load here, not at import: importing them costs about 1.1 s, which every
+        # `archlab` command paid, `fit --help` included, though only a TimmNet uses them.
+        import timm
+        from timm.models import get_pretrained_cfg, split_model_name_tag
+
         if not timm.is_model(name):
             close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
             hint = f" Close matches: {', '.join(close)}." if close else ""
@@ -86,8 +92,10 @@ class TimmNet(nn.Module):
         return self.model(x)  # (B, in_channels, H, W) -> (B, num_classes)
 
 
-def _cached_weights(name: str, cfg: PretrainedCfg | None) -> dict:
+def _cached_weights(name: str, cfg: "PretrainedCfg | None") -> dict:
     """Return a pretrained_cfg overlay that points timm at its default weights for `name` in a local cache."""
+    import huggingface_hub
+
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         raise ConfigError(
             f"timm has no pretrained weights for {name!r} (see timm.list_pretrained()); set "
@@ -113,8 +121,10 @@ def _cached_weights(name: str, cfg: PretrainedCfg | None) -> dict:
     )
 
 
-def _file_weights(name: str, path: Path, cfg: PretrainedCfg | None) -> dict:
+def _file_weights(name: str, path: Path, cfg: "PretrainedCfg | None") -> dict:
     """Return a pretrained_cfg overlay that loads `path`, keeping its classifier when its class count matches."""
+    from timm.models import load_state_dict
+
     if not path.is_file():
         raise ConfigError(
             f"Pretrained weights file {path.resolve()} for timm model {name!r} does not exist; `pretrained` takes "
