@@ -76,6 +76,11 @@ class Task(L.LightningModule):
         collection = MetricCollection(metrics)
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_metrics", collection.clone(prefix=f"{stage}/"))
+        for metric in self.train_metrics.values():
+            # torchmetrics checks the targets' range at every update (torch.unique: a host sync per training step on
+            # a GPU); the loss has checked the same targets, and validation and test keep the checks.
+            if hasattr(metric, "validate_args"):
+                metric.validate_args = False
 
     def log_loss(self, stage: Stage, loss: Tensor, batch_size: int) -> None:
         """Log `<stage>/loss`, per epoch and (in training) per step.
