@@ -114,3 +114,18 @@ def test_archlab_fit_with_nonfinite_skip_trains_past_a_poisoned_batch(
     for path in checkpoints:
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+def test_archlab_fit_with_nonfinite_off_adds_no_guard(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    class Callbacks(L.Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:
+            seen.extend(type(c).__name__ for c in trainer.callbacks)
+
+    for policy in ("off", "stop"):
+        args = [*TINY_FIT, "--nonfinite", policy, "--trainer.max_epochs", "1", "--test_after_fit", "false"]
+        assert cli.main(args, callbacks=[Callbacks()]) == 0
+        assert ("NonFiniteGuard" in seen) == (policy == "stop"), seen
+        seen.clear()

@@ -6,6 +6,7 @@ gradient norm (`torch.nn.utils.get_total_norm`) is finite exactly when every gra
 of squares), and a non-finite loss gives non-finite gradients. The check costs one device-to-host read per step.
 
     stop   raise DivergedError naming the step: exit status 5; a sweep fails the trial with that reason
+    off    no check (archlab adds no guard): saves the gradient norm and, on a GPU, the one host sync per step
     skip   drop this step's gradients (the optimizer then leaves every weight and its state alone), put back the
            buffers its forward pass moved (BatchNorm's running statistics would otherwise keep the NaN), and count
            it: `train/skipped_steps`, and a summary line at the end of fit
@@ -19,15 +20,15 @@ from torch import Tensor
 
 from archlab.errors import DivergedError
 
-Policy = Literal["stop", "skip"]
+Policy = Literal["stop", "skip", "off"]
 
 
 class NonFiniteGuard(L.Callback):
     """Before each optimizer step: all gradients finite, or stop / skip."""
 
-    def __init__(self, policy: Policy = "stop") -> None:
+    def __init__(self, policy: Literal["stop", "skip"] = "stop") -> None:
         if policy not in ("stop", "skip"):
-            raise ValueError(f"nonfinite policy must be 'stop' or 'skip', got {policy!r}")
+            raise ValueError(f"the guard's policy must be 'stop' or 'skip' ('off' adds no guard), got {policy!r}")
         self.policy = policy
         self.skipped = 0
         self.loss: Tensor | None = None
