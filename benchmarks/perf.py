@@ -24,8 +24,11 @@ loader      batches/s of the in-memory loader (ResumableLoader over TensorBatchD
             it) against plain tensor slicing and DataLoader(TensorDataset).
 trackers    milliseconds per `log_metrics` call of each tracker (Lightning logs every 50 steps by default).
 checkpoint  milliseconds per checkpoint of ResNet-20 with its AdamW state: archlab's atomic save against torch.save.
-sweep       one sweep trial that trains one step (its overhead beyond training), and trials per hour of a sweep of
-            small trials with --workers 1 and 2.
+sweep       sweep trials that train one step each: their duration (Optuna's start to complete) and the gap between
+            one trial's end and the next one's start (the worker's bookkeeping, garbage collection), together the
+            per-trial cost beyond training; then trials per hour of a sweep of 8 trials of the default experiment
+            (40 epochs, ~15-18 s each on one core; --quick: 4 of 10 epochs) with --workers 1 and 2, each worker
+            process with the same threads (half the cores).
 threads     a ResNet-20 training step under each thread setting, idle and beside two CPU-bound processes.
 """
 
@@ -54,6 +57,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 ARCHLAB = str(Path(PYTHON).with_name("archlab"))
+# The step clock. PERF_CLOCK=thread measures the CPU time of the training thread, not wall time: for comparing changes
+# on a machine other jobs share (with one intra-op thread, its CPU time moves far less with load than wall time).
+STEP_CLOCK = time.thread_time if os.environ.get("PERF_CLOCK") == "thread" else time.perf_counter
 
 if __name__ == "__main__" and "--thread-probe" not in sys.argv and "--plain-job" not in sys.argv:
     # The benchmark runs with archlab's own thread choice (ARCHLAB_THREADS, or the free cores), archlab and plain
@@ -289,7 +295,7 @@ def archlab_run(
             self.start = time.perf_counter()
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.marks.append((trainer.current_epoch, time.perf_counter()))
+            self.marks.append((trainer.current_epoch, STEP_CLOCK()))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if len(self.losses) < check_steps:
@@ -407,7 +413,7 @@ def plain_run(
         for batch in loader:
             if transform is not None:
                 batch = transform(*batch, train=True)
-            marks.append((epoch, time.perf_counter()))
+            marks.append((epoch, STEP_CLOCK()))
             if loss is None:
                 values = plain_gan_step(net, task, batch, optimizers)
             else:
@@ -668,7 +674,7 @@ def e2e_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
         ],
     }
     if not args.quick:
-        commands["archlab fit (the installed `archlab` script: torch's default threads)"] = [ARCHLAB, *fit]
+        commands["archlab fit (the installed `archlab` script)"] = [ARCHLAB, *fit]
     for name, command in commands.items():
         # torch's default threads can take minutes here when other jobs share the cores: stopped at 4 minutes.
         seconds = timed(command, log=workdir / f"e2e-{len(rows)}.log", timeout=240)
@@ -864,8 +870,14 @@ def study_trials(folder: Path, name: str) -> list[dict]:
         storage = f"sqlite:///{sqlite}"
     study = optuna.load_study(study_name=name, storage=storage)
     return [
-        {"number": t.number, "state": t.state.name, "seconds": (t.datetime_complete - t.datetime_start).total_seconds()}
-        for t in study.trials
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "start": t.datetime_start.timestamp(),
+            "complete": t.datetime_complete.timestamp(),
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds(),
+        }
+        for t in sorted(study.trials, key=lambda t: t.number)
         if t.datetime_complete is not None
     ]
 
@@ -874,40 +886,56 @@ def sweep_section(args: argparse.Namespace, workdir: Path) -> list[dict]:
     folder = workdir / "sweeps"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    n = 3 if args.quick else 5
+    n = 4 if args.quick else 8
     one_step = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 1, "trainer.limit_val_batches": 1}
     path = sweep_file(folder, "overhead", n, one_step)
     command = [PYTHON, "-m", "archlab", "sweep", "-c", str(path), "--runs_root", str(folder), "--seed", "0"]
     wall = timed(command, log=folder / "overhead.log")
     trials = study_trials(folder, "overhead")
-    seconds = [t["seconds"] for t in trials]
+    # The first trial of a process pays for the imports that trials need (W&B, Lightning's loops): left out.
+    seconds = [t["seconds"] for t in trials[1:]]
+    gaps = [b["start"] - a["complete"] for a, b in itertools.pairwise(trials[1:])]
     rows.append(
         {
-            "what": "one trial of one training step (W&B offline, checkpoints), per trial",
-            "median_s": median(seconds[1:] or seconds),
-            "first_s": seconds[0] if seconds else float("nan"),
+            "what": "a trial of one training step (W&B offline, checkpoints)",
+            "median_s": median(seconds),
+            "gap_s": median(gaps),
+            "per_trial_s": median(seconds) + median(gaps),
+            "first_s": trials[0]["seconds"] if trials else math.nan,
             "trials": len(trials),
             "command_s": wall,
         }
     )
     say(f"sweep overhead: {rows[-1]}")
-    n = 4 if args.quick else 8
-    small = {"trainer.max_epochs": 2}
+    # Trials of the default experiment, 40 epochs (~15-18 s on one core): long enough that each worker process's
+    # start (Python, the imports, the study: ~4 s on an idle machine, ~10 s on a loaded one) is not most of it.
+    n, epochs = (4, 10) if args.quick else (8, 40)
+    fixed = {"trainer.max_epochs": epochs}
+    from archlab import threads
+
     for workers in (1, 2):
         name = f"workers{workers}"
-        path = sweep_file(folder, name, n, small)
+        path = sweep_file(folder, name, n, fixed)
         command = [PYTHON, "-m", "archlab", "sweep", "-c", str(path), "--runs_root", str(folder), "--seed", "0"]
-        wall = timed([*command, "--workers", str(workers)], log=folder / f"{name}.log")
+        # The same threads per worker process in both runs, the share that --workers 2 gives each worker (on 2 cores,
+        # one): only the number of workers differs. On the 2-core machine one thread is also the faster choice for a
+        # single worker: with two, these trials took 35.5 s instead of 15.1 s (one worker, idle machine).
+        per_worker = max(1, threads.cores() // 2)
+        env = {**os.environ, threads.VARIABLE: str(per_worker)}
+        started = time.time()
+        wall = timed([*command, "--workers", str(workers)], env=env, log=folder / f"{name}.log")
         trials = study_trials(folder, name)
         done = sum(t["state"] == "COMPLETE" for t in trials)
         rows.append(
             {
-                "what": f"--workers {workers}: {n} trials of 2 epochs",
+                "what": f"--workers {workers} (threads per worker: {per_worker}): {n} trials of {epochs} epochs",
                 "workers": workers,
                 "wall_s": wall,
                 "completed": done,
                 "trials_per_hour": 3600 * done / wall,
                 "median_trial_s": median([t["seconds"] for t in trials]),
+                "first_trial_start_s": min(t["start"] for t in trials) - started if trials else math.nan,
+                "load": os.getloadavg()[0],
             }
         )
         say(f"sweep workers: {rows[-1]}")
@@ -1145,13 +1173,19 @@ def markdown(report: dict[str, Any]) -> str:
         for r in rows:
             if "median_s" in r:
                 lines.append(
-                    f"- Overhead of {r['what']}: {fmt(r['median_s'], 2)} s (first trial {fmt(r['first_s'], 2)} s; "
-                    f"{r['trials']} trials, whole command {fmt(r['command_s'])} s)."
+                    f"- Cost of {r['what']} beyond its training: {fmt(r.get('per_trial_s', math.nan), 2)} s per trial, "
+                    f"the trial {fmt(r['median_s'], 2)} s and the gap to the next trial {fmt(r.get('gap_s'), 2)} s "
+                    f"(medians after the first trial, which took {fmt(r['first_s'], 2)} s; {r['trials']} trials, whole "
+                    f"command {fmt(r['command_s'])} s)."
                 )
-        lines += ["", "| sweep | wall s | completed | trials / hour | median trial s |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| sweep | wall s | completed | trials / hour | median trial s | first trial began after s | load after |",
+            "|---|---|---|---|---|---|---|",
+        ]
         lines += [
             f"| {r['what']} | {fmt(r['wall_s'])} | {r['completed']} | {fmt(r['trials_per_hour'], 0)} | "
-            f"{fmt(r['median_trial_s'], 1)} |"
+            f"{fmt(r['median_trial_s'], 1)} | {fmt(r.get('first_trial_start_s'))} | {fmt(r.get('load'), 2)} |"
             for r in rows
             if "workers" in r
         ]

@@ -83,13 +83,26 @@ def test_archlab_threads_sets_the_threads_before_torch_loads():
     import subprocess
     import sys
 
+    from archlab import threads
+
     code = (
         "import os; from archlab import threads; n = threads.configure(); import torch; "
-        "print(n, torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])"
+        "print(n, torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY', 'default'))"
     )
-    env = {"PATH": "/usr/bin:/bin", "ARCHLAB_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["1", "1", "PASSIVE"]
+    for n in (1, threads.cores()):
+        env = {"PATH": "/usr/bin:/bin", "ARCHLAB_THREADS": str(n)}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        # Passive waits when the process leaves cores to others; OpenMP's default when it takes them all.
+        assert out.stdout.split() == [str(n), str(n), "PASSIVE" if n < threads.cores() else "default"]
+
+
+def test_archlab_threads_leaves_the_busy_cores(monkeypatch):
+    from archlab import threads
+
+    monkeypatch.setattr(threads, "cores", lambda: 8)
+    for running, expected in [(0, 8), (1, 7), (3, 5), (7, 1), (40, 1)]:
+        monkeypatch.setattr(threads, "running_now", lambda running=running: running)
+        assert threads.default_threads() == expected, running
 
 
 def test_archlab_threads_rejects_a_bad_value():

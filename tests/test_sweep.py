@@ -2,6 +2,7 @@
 space check before trial 0, and nothing leaking between in-process trials."""
 
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import lightning as L
@@ -253,6 +255,40 @@ def test_in_process_trials_leak_no_environment_variables_warnings_filters_or_arg
     assert dict(os.environ) == environ
     assert warnings.filters == filters
     assert sys.argv == argv
+
+
+def test_a_trials_objects_are_collected_before_the_next_trial_and_the_heap_is_unfrozen_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker leaves the objects alive before the first trial out of the collections between trials (gc.freeze);
+    # what a trial makes (its Trainer, task and net, which hold reference cycles) must still go before the next one.
+    previous, frozen = [], []
+    real_run = archlab_cli.run
+
+    def recording_run(args: list[str], *, callbacks: list[L.Callback]) -> archlab_cli.ArchlabCLI:
+        frozen.append(gc.get_freeze_count())
+        assert [ref() for ref in previous] == [None] * len(previous), "an earlier trial's objects are still alive"
+        result = real_run(args, callbacks=callbacks)
+        previous.extend(weakref.ref(obj) for obj in (result.trainer, result.model, result.model.net))
+        return result
+
+    monkeypatch.setattr(archlab_cli, "run", recording_run)
+    path = write_sweep(tmp_path, "heap", n_trials=3)
+    assert archlab_sweep.main(["-c", str(path)]) == 0
+    assert states(sqlite_study(tmp_path, "heap")) == {"COMPLETE": 3}
+    assert len(frozen) == 3 and min(frozen) > 0
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_frozen_by_the_caller_stays_frozen() -> None:
+    gc.freeze()
+    try:
+        count = gc.get_freeze_count()
+        with sweep_workers.frozen_heap():
+            assert gc.get_freeze_count() == count
+        assert gc.get_freeze_count() == count
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.slow

@@ -470,6 +470,14 @@ class ArchlabCLI(LightningCLI):
             console.print(record)
 
 
+def one_subcommand(name: str) -> type[ArchlabCLI]:
+    """ArchlabCLI with the parser of the subcommand given only: building the parsers of the other three (every
+    Trainer, task and DataModule option, three more times) was 3/4 of building the parser, which every command, and
+    a sweep or study every trial, paid (benchmarks/perf.py, startup and sweep sections)."""
+    subcommands = {name: LightningCLI.subcommands()[name]}
+    return type(f"{name.capitalize()}CLI", (ArchlabCLI,), {"subcommands": staticmethod(lambda: subcommands)})
+
+
 def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [] if value is None else [value]
 
@@ -530,7 +538,9 @@ def run(args: list[str] | None = None, *, callbacks: list[L.Callback] | None = N
             warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
             for noise in tracking.WARNING_NOISE:
                 warnings.filterwarnings("ignore", message=noise)
-            cli = ArchlabCLI(args, callbacks=callbacks)
+            named = (sys.argv[1:] if args is None else args)[:1]
+            known = named and named[0] in LightningCLI.subcommands()
+            cli = (one_subcommand(named[0]) if known else ArchlabCLI)(args, callbacks=callbacks)
         if getattr(cli, "trainer", None) is not None:
             cli.finish_loggers()
         cli.release()

@@ -8,12 +8,13 @@ with one (benchmarks/perf.py measures it again). So archlab chooses, once per pr
     ARCHLAB_THREADS=N       N threads (sweep workers get cores // workers this way); N >= 1
     OMP_NUM_THREADS=N       respected when ARCHLAB_THREADS is unset
     neither                 the cores that other processes leave free (the cores this process may run on, less the
-                            1-minute load average or the number of processes running now, whichever is larger),
-                            at least one
-
-OMP_WAIT_POLICY is set to PASSIVE unless it is set already: idle threads sleep instead of spinning against other
-processes' threads (the same step with two threads: 98 ms passive against 2269 ms spinning, under load; no
-difference measured on the otherwise idle machine).
+                            processes running now), at least one
+OMP_WAIT_POLICY is set to PASSIVE, unless it is set already, when the process gets fewer threads than the cores (the
+machine is shared): idle threads sleep instead of spinning against other processes' threads. On an idle machine,
+where archlab takes every core, OpenMP's own default (spin a little, then sleep) is kept: measured on the 2-core
+machine (`benchmarks/perf.py --sections threads`), a ResNet-20 step on digits took 10.1 ms with 2 threads and the
+default policy, 13.7 ms with one thread and 30.9 ms with 2 passive threads, whose every parallel region waits for a
+sleeping thread to wake.
 """
 
 import os
@@ -31,13 +32,9 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def running_elsewhere(samples: int = 5, interval: float = 0.002) -> float:
-    """Other processes busy on this machine now: the larger of the 1-minute load average and the runnable processes
-    other than this one (/proc/stat's procs_running, the median of a few samples); 0 where neither can be read."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
+def running_now(samples: int = 9, interval: float = 0.002) -> int:
+    """The runnable processes other than this one (/proc/stat's procs_running, the median of a few samples); 0 where it
+    cannot be read."""
     counts = []
     for _ in range(samples):
         try:
@@ -47,13 +44,19 @@ def running_elsewhere(samples: int = 5, interval: float = 0.002) -> float:
             break
         counts.append(int(line.split()[1]) - 1)  # this process is running as it reads
         time.sleep(interval)
-    now = sorted(counts)[len(counts) // 2] if counts else 0
-    return max(load, float(now))
+    return sorted(counts)[len(counts) // 2] if counts else 0
 
 
 def default_threads() -> int:
     """The cores the other processes leave free, at least one."""
-    return max(1, min(cores(), round(cores() - running_elsewhere())))
+    return max(1, cores() - busy_cores())
+
+
+def busy_cores() -> int:
+    """The cores other processes keep busy: the processes running now. Not the load average: it trails by a minute,
+    so right after any job (the previous run, a benchmark's own last probe) an idle machine looked busy, and archlab
+    took one thread where two were 1.3x faster (`benchmarks/perf.py --sections threads`)."""
+    return running_now()
 
 
 def parse(value: str, name: str = VARIABLE) -> int:
@@ -83,7 +86,8 @@ def configure(environ: dict[str, str] | None = None) -> int:
     if torch is None:
         # Read by OpenMP and MKL when torch loads them; inherited by this process's children (DataLoader workers).
         environ["OMP_NUM_THREADS"] = environ["MKL_NUM_THREADS"] = str(threads)
-        environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if threads < cores():
+            environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     else:
         torch.set_num_threads(threads)
     return threads
