@@ -124,8 +124,10 @@ def test_archlab_fit_with_nonfinite_off_adds_no_guard(tmp_path, monkeypatch: pyt
         def on_fit_start(self, trainer, pl_module) -> None:
             seen.extend(type(c).__name__ for c in trainer.callbacks)
 
-    for policy in ("off", "stop"):
-        args = [*TINY_FIT, "--nonfinite", policy, "--trainer.max_epochs", "1", "--test_after_fit", "false"]
-        assert cli.main(args, callbacks=[Callbacks()]) == 0
+    # `--tracker none` too: no logger, so no LearningRateMonitor (which would stop the run without one).
+    for policy, tracker in (("off", "none"), ("stop", "csv")):
+        args = [*TINY_FIT, "--nonfinite", policy, "--tracker", tracker, "--trainer.max_epochs", "1"]
+        assert cli.main([*args, "--test_after_fit", "false"], callbacks=[Callbacks()]) == 0
         assert ("NonFiniteGuard" in seen) == (policy == "stop"), seen
+        assert ("LearningRateMonitor" in seen) == (tracker != "none"), seen
         seen.clear()

@@ -337,7 +337,8 @@ class ArchlabCLI(LightningCLI):
             callbacks += [ExactResume(), BestInSummary(self.model.monitor, self.model.mode)]
             if cfg.nonfinite != "off":
                 callbacks.append(NonFiniteGuard(cfg.nonfinite))
-            if cfg.trainer.logger is not False and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            logged = kwargs.get("logger", cfg.trainer.logger) not in (False, None)  # `--tracker none`: no logger
+            if logged and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))  # the one-cycle schedule, as a curve
         if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing") is not False:
             # The run directory holds the checkpoints, whoever configured the callback; archlab's own only when the
