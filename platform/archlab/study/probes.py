@@ -15,6 +15,7 @@ import torch
 
 from archlab import cli
 from archlab.loading import load_checkpoint
+from archlab.tasks.segmentation import class_map
 
 
 def built(run_dir: Path, *, meta: bool = False) -> cli.Built:
@@ -74,7 +75,7 @@ def boundary(dirs: list[Path]) -> dict[str, float]:
     with torch.no_grad():
         for batch in parts.data.test_dataloader():
             x, y = parts.data.on_after_batch_transfer(batch, 0)  # (B, C, H, W), (B, H, W)
-            pred = parts.model.net(x).argmax(dim=1)  # (B, H, W)
+            pred = class_map(parts.model.net(x))  # (B, H, W)
             scores += boundary_f1(pred, y).tolist()
     return {"boundary_f1": sum(scores) / len(scores)}
 

@@ -27,6 +27,15 @@ def soft_dice_loss(logits: Tensor, y: Tensor, *, eps: float = 1.0) -> Tensor:
     return 1 - ((2 * intersection + eps) / (total + eps)).mean()
 
 
+def class_map(logits: Tensor) -> Tensor:
+    """(B, K, H, W) logits -> (B, H, W) the most likely class of each pixel (the first, on a tie).
+
+    `max(dim=1).indices`, not `argmax(dim=1)`: the same values (both documented to return the first maximum), but on CPU
+    argmax over the class dimension of a (8, 2, 96, 96) batch took 6.6 ms against 0.4 ms, 8 % of a U-Net step
+    (torch 2.14, benchmarks/perf.py)."""
+    return logits.max(dim=1).indices
+
+
 class Segmentation(Task):
     """image -> net -> per-pixel logits -> ce_weight x cross-entropy + dice_weight x soft Dice."""
 
@@ -94,7 +103,7 @@ class Segmentation(Task):
         ce = F.cross_entropy(logits, y)
         dice = soft_dice_loss(logits, y)
         loss = self.ce_weight * ce + self.dice_weight * dice
-        pred = logits.detach().argmax(dim=1)  # (B, H, W)
+        pred = class_map(logits.detach())  # (B, H, W)
         getattr(self, f"{stage}_metrics").update(pred, y)
         self.log_loss(stage, loss, batch_size=len(y))
         self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
@@ -136,7 +145,7 @@ class Segmentation(Task):
         self.log_metrics("test")
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
-        pred = self(batch[0]).argmax(dim=1)  # (B, H, W)
+        pred = class_map(self(batch[0]))  # (B, H, W)
         out = {"foreground_fraction": (pred > 0).float().mean(dim=(1, 2))}
         if len(batch) > 1:
             inter = ((pred > 0) & (batch[1] > 0)).sum(dim=(1, 2)).float()
