@@ -19,6 +19,7 @@ checkpoint's hyperparameters (test and predict with --ckpt_path) is archlab.hpar
 """
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -471,6 +472,7 @@ class ArchlabCLI(LightningCLI):
             console.print(record)
 
 
+@functools.cache  # one class per subcommand and process (a sweep asks at every trial)
 def one_subcommand(name: str) -> type[ArchlabCLI]:
     """ArchlabCLI with the parser of the subcommand given only: building the parsers of the other three (every
     Trainer, task and DataModule option, three more times) was 3/4 of building the parser, which every command, and
